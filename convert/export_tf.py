@@ -1,0 +1,77 @@
+"""Keras exporter: model.keras -> lenet5.onnx (tf2onnx from a tf.function) plus references.
+
+Imports tensorflow/keras/tf2onnx only; runs in a process of its own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import tensorflow as tf  # noqa: E402
+import tf2onnx  # noqa: E402
+
+from convert import native, onnx_utils  # noqa: E402
+from train import data  # noqa: E402
+from train.keras_lenet import load_model, predict  # noqa: E402
+from validate.latency import measure  # noqa: E402
+
+INPUT_SIGNATURE = [tf.TensorSpec([None, 1, 28, 28], tf.float32, name=onnx_utils.INPUT_NAME)]
+
+
+def serving_function(model) -> tf.types.experimental.GenericFunction:
+    """NCHW image -> probabilities: the contract's interface around the NHWC Keras model."""
+
+    @tf.function(input_signature=INPUT_SIGNATURE)
+    def serve(image):
+        return {onnx_utils.OUTPUT_NAME: model(tf.transpose(image, [0, 2, 3, 1]), training=False)}
+
+    return serve
+
+
+def to_onnx(model, history: dict):
+    """Convert with tf2onnx.from_function (from_keras is broken under Keras 3)."""
+    import keras
+
+    proto, _ = tf2onnx.convert.from_function(serving_function(model),
+                                             input_signature=INPUT_SIGNATURE,
+                                             opset=onnx_utils.OPSET)
+    meta = onnx_utils.metadata(history, "tensorflow", f"{tf.__version__} (keras {keras.__version__})",
+                               "tf2onnx", tf2onnx.__version__)
+    return onnx_utils.apply_contract(proto, meta)
+
+
+def native_latency(artifacts: Path, data_dir: str | None, threads: int,
+                   quick: bool) -> list[dict]:
+    """Time the serving tf.function at each batch size with `threads` intra-op threads."""
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    serve = serving_function(load_model(artifacts / "tf" / "model.keras"))
+    images = tf.constant(native.latency_images(data_dir))
+    results = []
+    for batch in native.BATCH_SIZES:
+        x = images[:batch]
+        lat = measure(lambda: serve(x)[onnx_utils.OUTPUT_NAME].numpy(), runtime="tensorflow",
+                      provider="cpu", batch_size=batch, threads=threads, quick=quick)
+        results.append(asdict(lat))
+    return results
+
+
+def export(artifacts: Path, data_dir: str | None = None, quick: bool = False) -> Path:
+    """Write lenet5.onnx, reference.npz and test_data_set_0/ under ARTIFACTS/tf."""
+    folder = artifacts / "tf"
+    model = load_model(folder / "model.keras")
+    history = native.read_history(folder)
+    onnx_model = to_onnx(model, history)
+    ds = data.load(data_dir)
+    test_images = data.to_float(ds.test_images)
+    probabilities = predict(model, test_images)
+    latency = native.measure_native_latency("tf", artifacts, data_dir, quick)
+    onnx_utils.write_test_data_set(folder / "test_data_set_0", test_images[:8], probabilities[:8])
+    native.write_reference(folder, "tf", probabilities, ds.test_labels, latency)
+    path = folder / "lenet5.onnx"
+    onnx_utils.save(onnx_model, path)
+    return path

@@ -1,0 +1,109 @@
+"""Framework-free ONNX helpers: the I/O contract, metadata, checks, deterministic saving."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from convert.fileio import write_bytes
+from train import data
+
+OPSET = 18  # one opset for both graphs; tf2onnx 1.17 and torch.onnx both emit it
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+BATCH_DIM = "batch"
+INPUT_SHAPE = (BATCH_DIM, 1, 28, 28)
+OUTPUT_SHAPE = (BATCH_DIM, 10)
+PREPROCESSING = "float32 pixel / 255 in [0, 1], grayscale 28x28, no mean/std normalisation"
+LAYOUT = "NCHW"
+REQUIRED_METADATA = (
+    "class_names", "preprocessing", "layout", "source_framework", "source_framework_version",
+    "exporter", "exporter_version", "recipe", "test_accuracy", "dataset_sha256",
+)
+
+
+def metadata(history: dict, framework: str, framework_version: str, exporter: str,
+             exporter_version: str) -> dict[str, str]:
+    """The metadata_props every exported graph carries (DESIGN.md's list)."""
+    return {
+        "class_names": json.dumps(list(data.CLASS_NAMES)),
+        "preprocessing": PREPROCESSING,
+        "layout": LAYOUT,
+        "source_framework": framework,
+        "source_framework_version": framework_version,
+        "exporter": exporter,
+        "exporter_version": exporter_version,
+        "recipe": json.dumps(history["recipe"], sort_keys=True),
+        "test_accuracy": f"{history['test_accuracy']:.6f}",
+        "dataset_sha256": data.DATASET_SHA256,
+        "architecture": history["architecture"],
+        "parameters": str(history["parameters"]),
+    }
+
+
+def _set_shape(value: onnx.ValueInfoProto, shape: tuple) -> None:
+    dims = value.type.tensor_type.shape.dim
+    del dims[:]
+    for d in shape:
+        dim = dims.add()
+        if isinstance(d, str):
+            dim.dim_param = d
+        else:
+            dim.dim_value = d
+
+
+def _rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:
+    if old == new:
+        return
+    for node in graph.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
+    for v in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if v.name == old:
+            v.name = new
+
+
+def apply_contract(model: onnx.ModelProto, meta: dict[str, str]) -> onnx.ModelProto:
+    """Name and shape the I/O per the contract, drop unused opset domains, set metadata, check."""
+    graph = model.graph
+    if len(graph.input) != 1 or len(graph.output) != 1:
+        raise ValueError(f"expected one input and one output, got {len(graph.input)} and "
+                         f"{len(graph.output)}")
+    _rename_value(graph, graph.input[0].name, INPUT_NAME)
+    _rename_value(graph, graph.output[0].name, OUTPUT_NAME)
+    _set_shape(graph.input[0], INPUT_SHAPE)
+    _set_shape(graph.output[0], OUTPUT_SHAPE)
+    used = {node.domain for node in graph.node}
+    kept = [op for op in model.opset_import if op.domain in used or op.domain == ""]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    del model.metadata_props[:]
+    for key in sorted(meta):
+        model.metadata_props.add(key=key, value=meta[key])
+    model.doc_string = "LeNet-5 on Fashion-MNIST; see metadata_props for the I/O contract."
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def save(model: onnx.ModelProto, path: Path) -> None:
+    """Serialise deterministically and write atomically."""
+    write_bytes(path, model.SerializeToString(deterministic=True))
+
+
+def write_test_data_set(folder: Path, images: np.ndarray, probabilities: np.ndarray) -> None:
+    """Write `input_0.pb` / `output_0.pb` in the ONNX backend-test format."""
+    write_bytes(folder / "input_0.pb",
+                numpy_helper.from_array(images, INPUT_NAME).SerializeToString())
+    write_bytes(folder / "output_0.pb",
+                numpy_helper.from_array(probabilities, OUTPUT_NAME).SerializeToString())
+
+
+def read_tensor(path: Path) -> np.ndarray:
+    """Read one TensorProto file back as an array."""
+    tensor = onnx.TensorProto()
+    tensor.ParseFromString(Path(path).read_bytes())
+    return numpy_helper.to_array(tensor)

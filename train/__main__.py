@@ -1,0 +1,58 @@
+"""`python -m train {torch,tf}`: train the seed's LeNet-5 in one framework, in this process."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from convert.errors import ToolkitError
+from train.recipe import FRAMEWORKS, Recipe
+
+
+def parser() -> argparse.ArgumentParser:
+    """The training CLI's arguments (shared with `python -m convert train`)."""
+    p = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    p.add_argument("framework", choices=FRAMEWORKS)
+    add_recipe_args(p)
+    return p
+
+
+def add_recipe_args(p: argparse.ArgumentParser) -> None:
+    """Recipe, data and artifacts flags."""
+    d = Recipe()
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="train on the first N images only (smoke runs)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the four Fashion-MNIST files (else $FASHION_MNIST_DIR, "
+                        "else a cache folder; missing files are downloaded)")
+    p.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="default artifacts/")
+
+
+def run(framework: str, recipe: Recipe, data_dir: str | None, artifacts: Path) -> dict:
+    """Train one framework's model; imports only that framework."""
+    if framework == "torch":
+        from train import torch_lenet as side
+    else:
+        from train import keras_lenet as side
+    return side.train(recipe, data_dir, artifacts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: exit 0 on success, 2 on a user error (one line on stderr)."""
+    args = parser().parse_args(argv)
+    try:
+        recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                        limit=args.limit)
+        run(args.framework, recipe, args.data_dir, args.artifacts)
+    except ToolkitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_status
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""PyTorch side: the seed's LeNet-5, its training loop, and checkpoint loading.
+
+Imports torch only; never tensorflow (DESIGN.md: one framework per process).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from convert.errors import ArtifactError
+from convert.fileio import atomic_open
+from train import data
+from train.recipe import EpochLog, Recipe, write_history
+
+ARCHITECTURE = ("Conv(1->6, k5, pad 2) ReLU AvgPool2, Conv(6->16, k5) ReLU AvgPool2, "
+                "Linear 400->120 ReLU, 120->84 ReLU, 84->10 (logits)")
+
+
+class LeNet5(nn.Module):
+    """The seed's PyTorch LeNet-5: returns logits (61,706 parameters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 6, kernel_size=5, padding=2), nn.ReLU(), nn.AvgPool2d(2),
+            nn.Conv2d(6, 16, kernel_size=5), nn.ReLU(), nn.AvgPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+            nn.Linear(84, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def versions() -> dict[str, str]:
+    """This framework's versions for history.json and ONNX metadata."""
+    import torchvision
+
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__}
+
+
+def make_deterministic(seed: int) -> None:
+    """Seed every generator and refuse nondeterministic kernels."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                    labels: torch.Tensor, batch_size: int, generator: torch.Generator,
+                    log: EpochLog) -> tuple[float, float]:
+    """One shuffled pass; returns mean loss and accuracy."""
+    model.train()
+    order = torch.randperm(len(images), generator=generator)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.int64)
+    for step, start in enumerate(range(0, len(images), batch_size), 1):
+        idx = order[start:start + batch_size]
+        x, y = images[idx], labels[idx]
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        optimizer.step()
+        # Accumulate as tensors: a .item() per step would synchronise and cost time.
+        loss_sum += loss.detach() * len(idx)
+        correct += (logits.detach().argmax(1) == y).sum()
+        if log.tty and step % 50 == 0:
+            log.step(step, loss.item())
+    return float(loss_sum) / len(images), int(correct) / len(images)
+
+
+def predict(model: nn.Module, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Softmax probabilities float32 [N, 10] for float32 NCHW images."""
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(images[start:start + batch_size])
+            out.append(torch.softmax(model(x), dim=1).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def train(recipe: Recipe, data_dir: str, None, artifacts: Path) -> dict:
+    """Train with the recipe; write model.pt and history.json; return the history."""
+    ds = data.load(data_dir)
+    make_deterministic(recipe.seed)
+    n = recipe.limit or len(ds.train_images)
+    images = torch.from_numpy(data.to_float(ds.train_images[:n]))
+    labels = torch.from_numpy(ds.train_labels[:n].astype(np.int64))
+    model = LeNet5()
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.learning_rate)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    steps = (n + recipe.batch_size - 1) // recipe.batch_size
+    log = EpochLog("torch", recipe, steps)
+    print(f"[torch] training LeNet-5 ({parameter_count(model):,} parameters) on {n:,} images, "
+          f"{recipe.epochs} epochs, batch {recipe.batch_size}, {torch.get_num_threads()} threads")
+    for _ in range(recipe.epochs):
+        log.begin()
+        loss, acc = train_one_epoch(model, optimizer, images, labels, recipe.batch_size,
+                                    generator, log)
+        log.end(loss, acc, n)
+    probs = predict(model, data.to_float(ds.test_images))
+    test_accuracy = float((probs.argmax(1) == ds.test_labels).mean())
+    folder = artifacts / "torch"
+    with atomic_open(folder / "model.pt") as handle:
+        torch.save(model.state_dict(), handle)
+    return write_history(folder, "torch", recipe, log, versions(), ARCHITECTURE,
+                         parameter_count(model), n, test_accuracy)
+
+
+def load_model(path: Path) -> LeNet5:
+    """Load a state_dict checkpoint without unpickling code (weights_only=True)."""
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing; run `python -m convert train torch` first")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model = LeNet5()
+        model.load_state_dict(state)
+    except Exception as exc:  # a corrupt or foreign file: any failure is the file's fault
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArtifactError(f"{path}: not a LeNet-5 state_dict ({reason})") from None
+    return model.eval()

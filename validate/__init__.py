@@ -1,0 +1,1 @@
+"""Framework-free validation: onnxruntime sessions, parity, accuracy, latency, reports."""
