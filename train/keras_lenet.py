@@ -103,7 +103,7 @@ def compile_model(recipe: Recipe) -> keras.Model:
     return model
 
 
-def train(recipe: Recipe, data_dir: str, None, artifacts: Path) -> dict:
+def train(recipe: Recipe, data_dir: str | None, artifacts: Path) -> dict:
     """Train with the recipe; write model.keras and history.json; return the history."""
     ds = data.load(data_dir)
     make_deterministic(recipe.seed)

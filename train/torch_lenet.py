@@ -94,7 +94,7 @@ def predict(model: nn.Module, images: np.ndarray, batch_size: int = 1000) -> np.
     return np.concatenate(out).astype(np.float32)
 
 
-def train(recipe: Recipe, data_dir: str, None, artifacts: Path) -> dict:
+def train(recipe: Recipe, data_dir: str | None, artifacts: Path) -> dict:
     """Train with the recipe; write model.pt and history.json; return the history."""
     ds = data.load(data_dir)
     make_deterministic(recipe.seed)
