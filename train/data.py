@@ -162,11 +162,11 @@ def parse_idx(data: bytes, name: str, magic: int) -> np.ndarray:
     """Parse one decompressed IDX file, checking magic number and size; uint8 array."""
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
+    found = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
+    if found is not None and found != magic:
+        raise DataError(f"{name}: bad IDX magic number 0x{found:08x}, expected 0x{magic:08x}")
     if len(data) < header:
         raise DataError(f"{name}: too short for an IDX header ({len(data)} bytes)")
-    found = int.from_bytes(data[:4], "big")
-    if found != magic:
-        raise DataError(f"{name}: bad IDX magic number 0x{found:08x}, expected 0x{magic:08x}")
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     expected = header + int(np.prod(dims))
     if len(data) != expected:

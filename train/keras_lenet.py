@@ -126,7 +126,7 @@ def train(recipe: Recipe, data_dir: str | None, artifacts: Path) -> dict:
     with atomic_path(folder / "model.keras") as tmp:
         model.save(tmp)
     return write_history(folder, "tf", recipe, log, versions(), ARCHITECTURE,
-                         model.count_params(), n, test_accuracy)
+                         model.count_params(), n, test_accuracy, model.get_weights())
 
 
 def load_model(path: Path) -> keras.Model:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import sys
 import time
@@ -76,9 +77,19 @@ class EpochLog:
         sys.stdout.flush()
 
 
+def weights_digest(weights: list[np.ndarray]) -> str:
+    """sha256 over every weight array's dtype, shape and bytes, in order: equal iff identical."""
+    digest = hashlib.sha256()
+    for w in weights:
+        w = np.ascontiguousarray(w)
+        digest.update(f"{w.dtype}{w.shape}".encode())
+        digest.update(w.tobytes())
+    return digest.hexdigest()
+
+
 def write_history(folder: Path, framework: str, recipe: Recipe, log: EpochLog,
                   versions: dict[str, str], architecture: str, parameters: int,
-                  train_images: int, test_accuracy: float) -> dict:
+                  train_images: int, test_accuracy: float, weights: list[np.ndarray]) -> dict:
     """Write `history.json` atomically and return what it holds."""
     seconds = sum(e["seconds"] for e in log.epochs)
     history = {
@@ -94,6 +105,7 @@ def write_history(folder: Path, framework: str, recipe: Recipe, log: EpochLog,
         "seconds": round(seconds, 3),
         "images_per_second": round(train_images * len(log.epochs) / seconds, 1),
         "test_accuracy": test_accuracy,
+        "weights_sha256": weights_digest(weights),
     }
     write_json(folder / "history.json", history)
     print(f"[{framework}] test accuracy {test_accuracy:.4f}; wrote {folder}")

@@ -119,7 +119,8 @@ def train(recipe: Recipe, data_dir: str | None, artifacts: Path) -> dict:
     with atomic_open(folder / "model.pt") as handle:
         torch.save(model.state_dict(), handle)
     return write_history(folder, "torch", recipe, log, versions(), ARCHITECTURE,
-                         parameter_count(model), n, test_accuracy)
+                         parameter_count(model), n, test_accuracy,
+                         [t.numpy() for t in model.state_dict().values()])
 
 
 def load_model(path: Path) -> LeNet5:

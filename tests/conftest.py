@@ -1,0 +1,73 @@
+"""Shared fixtures: the real dataset, CLI runners, and one quick pipeline run per session.
+
+The test process itself imports neither torch nor tensorflow: every framework runs in a
+subprocess, as in the toolkit (importing torchvision after TensorFlow has run segfaults).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "datasets" / "fashion-mnist"
+
+
+def _data_dir() -> Path:
+    """The real files: the shared copy beside the clone, else wherever the toolkit finds them."""
+    if os.environ.get("FASHION_MNIST_DIR"):
+        return Path(os.environ["FASHION_MNIST_DIR"])
+    if SHARED_DATA.is_dir():
+        return SHARED_DATA
+    from train import data
+
+    return data.ensure_files()
+
+
+DATA_DIR = _data_dir()
+
+
+def run(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run `python -m ARGS` from the repo root with the real data folder; capture output."""
+    full_env = {**os.environ, "FASHION_MNIST_DIR": str(DATA_DIR), "LENET5_NO_BOOTSTRAP": "1",
+                "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a snippet in a fresh interpreter (one framework per process)."""
+    return run("tests._snippet", code, env=env)
+
+
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    """stderr lines that are the toolkit's own (not TF/absl start-up logging)."""
+    return [l for l in proc.stderr.splitlines()
+            if l.strip() and not l.startswith(("I0000", "W0000", "E0000", "WARNING: All log"))]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def quick_artifacts(tmp_path_factory) -> Path:
+    """`python -m convert all --quick` once, end to end; tests read (never write) its output."""
+    artifacts = tmp_path_factory.mktemp("quick") / "artifacts"
+    proc = run("convert", "all", "--quick", "--artifacts", str(artifacts))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return artifacts
+
+
+@pytest.fixture
+def artifacts_copy(quick_artifacts, tmp_path) -> Path:
+    """A private copy of the quick artifacts, for tests that damage files."""
+    dest = tmp_path / "artifacts"
+    shutil.copytree(quick_artifacts, dest)
+    return dest

@@ -1,0 +1,71 @@
+"""Training: the seed architectures, history.json, determinism, accuracy, framework boundaries."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import python, run
+
+FRAMEWORKS = ["torch", "tf"]
+CHECKPOINT = {"torch": "model.pt", "tf": "model.keras"}
+
+
+def _train(framework: str, artifacts, *args: str) -> dict:
+    proc = run("train", framework, "--artifacts", str(artifacts), *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((artifacts / framework / "history.json").read_text())
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_same_seed_gives_bit_identical_weights(framework, tmp_path):
+    small = ("--epochs", "2", "--limit", "1500")
+    a = _train(framework, tmp_path / "a", *small)
+    b = _train(framework, tmp_path / "b", *small)
+    c = _train(framework, tmp_path / "c", *small, "--seed", "7")
+    assert a["weights_sha256"] == b["weights_sha256"]
+    assert a["epochs"][-1]["loss"] == b["epochs"][-1]["loss"]
+    assert c["weights_sha256"] != a["weights_sha256"]
+    assert len(a["epochs"]) == 2 and a["train_images"] == 1500 and a["seed"] == 42
+    assert a["recipe"] == {"epochs": 2, "batch_size": 32, "learning_rate": 0.001, "seed": 42,
+                           "limit": 1500}
+    assert (tmp_path / "a" / framework / CHECKPOINT[framework]).is_file()
+    assert not [p for p in (tmp_path / "a" / framework).iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("framework,parameters", [("torch", 61706), ("tf", 107786)])
+def test_one_full_epoch_reaches_80_percent(framework, parameters, tmp_path):
+    h = _train(framework, tmp_path, "--epochs", "1")
+    assert h["parameters"] == parameters
+    assert h["train_images"] == 60000
+    assert 0.80 <= h["test_accuracy"] <= 1.0
+    assert h["images_per_second"] > 0 and h["seconds"] > 0
+    versions = h["versions"]
+    assert ("torch" in versions) == (framework == "torch")
+    assert ("tensorflow" in versions) == (framework == "tf")
+    assert h["epochs"][0]["epoch"] == 1 and 0 < h["epochs"][0]["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("module,forbidden", [
+    ("train.torch_lenet", ("tensorflow", "keras", "tf2onnx")),
+    ("convert.export_torch", ("tensorflow", "keras", "tf2onnx")),
+    ("train.keras_lenet", ("torch", "torchvision")),
+    ("convert.export_tf", ("torch", "torchvision")),
+    ("validate.__main__", ("torch", "torchvision", "tensorflow", "keras", "tf2onnx")),
+    ("validate.core", ("torch", "torchvision", "tensorflow", "keras", "tf2onnx")),
+    ("convert.cli", ("torch", "torchvision", "tensorflow", "keras", "tf2onnx")),
+    ("convert.pipeline", ("torch", "torchvision", "tensorflow", "keras", "tf2onnx")),
+    ("train.data", ("torch", "torchvision", "tensorflow", "keras", "tf2onnx")),
+])
+def test_framework_boundaries(module, forbidden):
+    proc = python(f"import importlib, sys\nimportlib.import_module({module!r})\n"
+                  f"print(sorted(m for m in {list(forbidden)!r} if m in sys.modules))")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[-2] == "[]"
+
+
+def test_bad_flags_are_one_line_exit_2(tmp_path):
+    proc = run("train", "torch", "--epochs", "0", "--artifacts", str(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --epochs must be at least 1, got 0"

@@ -1,0 +1,126 @@
+"""The validator: parity maths, the report, planted faults, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from tests.conftest import error_lines, run
+from validate import parity
+from validate.runners import CUDA, OnnxRunner, ProviderUnavailable, cuda_status
+
+
+def test_compare_counts_flips_and_differences():
+    rng = np.random.default_rng(0)
+    ref = rng.dirichlet(np.ones(10), size=50).astype(np.float32)
+    labels = ref.argmax(1)
+    same = parity.compare(ref.copy(), ref, labels, "cpu", 1e-5, 1.0)
+    assert same and same.max_abs_diff == 0 and same.flips == [] and same.accuracy_native == 1.0
+    moved = ref.copy()
+    moved[7] = np.roll(moved[7], 1)  # image 7 now predicts another class
+    bad = parity.compare(moved, ref, labels, "cpu", 1e-5, 1.0)
+    assert not bad and bad.flips == [7] and bad.top1_agreement == pytest.approx(0.98)
+    assert "top-1 agreement" in bad.failure() and "max |diff|" in bad.failure()
+    loose = parity.compare(moved, ref, labels, "cpu", 1.0, 0.9)
+    assert not loose  # agreement and diff within limits, but accuracy changed
+    nan = ref.copy()
+    nan[0, 0] = np.nan
+    assert not parity.compare(nan, ref, labels, "cpu", 1e-5, 1.0)
+
+
+def test_cuda_is_never_a_silent_fallback(quick_artifacts):
+    status = cuda_status()
+    if status.available:
+        pytest.skip("this onnxruntime offers CUDA; the unavailable path needs a CPU build")
+    assert "offers CPUExecutionProvider" in status.reason
+    with pytest.raises(ProviderUnavailable):
+        with OnnxRunner(quick_artifacts / "torch" / "lenet5.onnx", CUDA):
+            pass
+
+
+def test_report_holds_the_contracted_fields(quick_artifacts):
+    report = json.loads((quick_artifacts / "report.json").read_text())
+    assert report["schema_version"] == 1 and report["passed"] is True
+    env = report["environment"]
+    assert "CPUExecutionProvider" in env["providers_available"] and env["onnxruntime"]
+    for fw in ("torch", "tf"):
+        m = report["models"][fw]
+        assert m["parity"]["passed"] and m["parity"]["max_abs_diff"] <= 1e-5
+        assert m["parity"]["top1_agreement"] == 1.0 and m["parity"]["flips"] == []
+        assert m["accuracy"]["native"] == m["accuracy"]["onnxruntime"]
+        assert len(m["accuracy"]["per_class"]["onnxruntime"]) == 10
+        if not env["cuda"]["available"]:
+            assert m["parity_cuda"]["status"] == "unavailable" and m["parity_cuda"]["reason"]
+        keys = {"runtime", "provider", "batch_size", "threads", "p50_ms", "p90_ms", "p99_ms",
+                "images_per_second"}
+        assert all(keys <= set(row) for row in m["latency"])
+        ort_rows = {(r["batch_size"], r["threads"]) for r in m["latency"]
+                    if r["runtime"] == "onnxruntime"}
+        cores = env["cpu_count"]
+        assert ort_rows == {(b, t) for b in (1, 32, 256) for t in {1, cores}}
+        native = {r["runtime"] for r in m["latency"]} - {"onnxruntime"}
+        assert native == {"torch" if fw == "torch" else "tensorflow"}
+        assert m["facts"]["parameters"] == {"torch": 61706, "tf": 107786}[fw]
+        assert m["facts"]["opset"] == 18 and len(m["facts"]["sha256"]) == 64
+    cross = report["cross_framework"]
+    assert 0 < cross["agreement"] <= 1 and len(cross["per_class"]["tf"]) == 10
+    md = (quick_artifacts / "report.md").read_text()
+    assert "| | TensorFlow | PyTorch |" in md.split("## ")[0]  # the page leads with the table
+
+
+def test_planted_fault_fails_parity_and_names_the_model(artifacts_copy):
+    path = artifacts_copy / "tf" / "lenet5.onnx"
+    model = onnx.load(str(path))
+    init = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    w = numpy_helper.to_array(init).copy()
+    w.flat[0] += 0.5  # one weight
+    init.CopyFrom(numpy_helper.from_array(w, init.name))
+    onnx.save(model, str(path))
+    proc = run("validate", str(artifacts_copy), "--quick")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = error_lines(proc)
+    assert len(lines) == 1 and lines[0].startswith("parity failed: tf (CPUExecutionProvider): "
+                                                   "max |diff|"), lines
+    report = json.loads((artifacts_copy / "report.json").read_text())
+    assert report["passed"] is False and report["models"]["torch"]["passed"] is True
+
+
+def _one_line(proc, *fragments: str) -> None:
+    lines = error_lines(proc)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(lines) == 1, lines
+    for f in fragments:
+        assert f in lines[0]
+
+
+def test_missing_artifacts_folder(tmp_path):
+    _one_line(run("validate", str(tmp_path / "nope")), str(tmp_path / "nope"),
+              "no artifacts folder")
+
+
+def test_a_file_that_is_not_onnx(artifacts_copy):
+    path = artifacts_copy / "torch" / "lenet5.onnx"
+    path.write_text("this is not a model\n")
+    _one_line(run("validate", str(artifacts_copy), "--quick"), str(path), "not a valid ONNX model")
+
+
+def test_missing_reference(artifacts_copy):
+    path = artifacts_copy / "tf" / "reference.npz"
+    path.unlink()
+    _one_line(run("validate", str(artifacts_copy), "--quick"), str(path), "missing")
+
+
+def test_validator_tolerance_flags(artifacts_copy):
+    # An impossible tolerance turns a passing model into a named failure.
+    proc = run("validate", str(artifacts_copy), "--quick", "--frameworks", "torch",
+               "--atol", "0")
+    report = json.loads((artifacts_copy / "report.json").read_text())
+    if report["models"]["torch"]["parity"]["max_abs_diff"] == 0:
+        assert proc.returncode == 0
+    else:
+        assert proc.returncode == 1 and "parity failed: torch" in proc.stderr
+    assert set(report["models"]) == {"torch"}
