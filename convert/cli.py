@@ -12,18 +12,9 @@ from train.__main__ import add_recipe_args
 from train.recipe import FRAMEWORKS, Recipe
 
 
-def _frameworks(text: str) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
-    bad = [n for n in names if n not in FRAMEWORKS]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of torch,tf; "
-                                         f"got {text!r}")
-    return names
-
-
 def parser() -> argparse.ArgumentParser:
     """The whole CLI."""
-    from validate.__main__ import add_validate_args
+    from validate.__main__ import add_validate_args, frameworks_arg
 
     p = argparse.ArgumentParser(
         prog="python -m convert",
@@ -34,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("all", help="data check, train + export both frameworks, validate")
     add_recipe_args(a)
-    a.add_argument("--frameworks", type=_frameworks, default=FRAMEWORKS,
+    a.add_argument("--frameworks", type=frameworks_arg, default=FRAMEWORKS,
                    help="comma-separated subset of torch,tf (default both)")
     a.add_argument("--quick", action="store_true",
                    help="one short epoch on a subset of 6,000 images, light latency runs "

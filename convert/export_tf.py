@@ -15,7 +15,6 @@ import tensorflow as tf  # noqa: E402
 import tf2onnx  # noqa: E402
 
 from convert import native, onnx_utils  # noqa: E402
-from train import data  # noqa: E402
 from train.keras_lenet import load_model, predict  # noqa: E402
 from validate.latency import measure  # noqa: E402
 
@@ -64,14 +63,6 @@ def export(artifacts: Path, data_dir: str | None = None, quick: bool = False) ->
     """Write lenet5.onnx, reference.npz and test_data_set_0/ under ARTIFACTS/tf."""
     folder = artifacts / "tf"
     model = load_model(folder / "model.keras")
-    history = native.read_history(folder)
-    onnx_model = to_onnx(model, history)
-    ds = data.load(data_dir)
-    test_images = data.to_float(ds.test_images)
-    probabilities = predict(model, test_images)
-    latency = native.measure_native_latency("tf", artifacts, data_dir, quick)
-    onnx_utils.write_test_data_set(folder / "test_data_set_0", test_images[:8], probabilities[:8])
-    native.write_reference(folder, "tf", probabilities, ds.test_labels, latency)
-    path = folder / "lenet5.onnx"
-    onnx_utils.save(onnx_model, path)
-    return path
+    onnx_model = to_onnx(model, native.read_history(folder))
+    return native.write_export(artifacts, "tf", onnx_model, lambda x: predict(model, x),
+                               data_dir, quick)

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from convert import native, onnx_utils
-from train import data
 from train.torch_lenet import load_model, predict
 from validate.latency import measure
 
@@ -65,14 +64,6 @@ def export(artifacts: Path, data_dir: str | None = None, quick: bool = False) ->
     """Write lenet5.onnx, reference.npz and test_data_set_0/ under ARTIFACTS/torch."""
     folder = artifacts / "torch"
     model = load_model(folder / "model.pt")
-    history = native.read_history(folder)
-    onnx_model = to_onnx(model, history)
-    path = folder / "lenet5.onnx"
-    ds = data.load(data_dir)
-    test_images = data.to_float(ds.test_images)
-    probabilities = predict(model, test_images)
-    latency = native.measure_native_latency("torch", artifacts, data_dir, quick)
-    onnx_utils.write_test_data_set(folder / "test_data_set_0", test_images[:8], probabilities[:8])
-    native.write_reference(folder, "torch", probabilities, ds.test_labels, latency)
-    onnx_utils.save(onnx_model, path)
-    return path
+    onnx_model = to_onnx(model, native.read_history(folder))
+    return native.write_export(artifacts, "torch", onnx_model, lambda x: predict(model, x),
+                               data_dir, quick)

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from convert.errors import ArtifactError
+from convert import onnx_utils
 from convert.fileio import atomic_open
 from train import data
-
-BATCH_SIZES = (1, 32, 256)
-
-
-def thread_counts() -> list[int]:
-    """1 thread and all cores (once, on a single-core machine)."""
-    return sorted({1, os.cpu_count() or 1})
+from validate.latency import BATCH_SIZES, thread_counts
 
 
 def read_history(folder: Path) -> dict:
@@ -73,3 +68,21 @@ def write_reference(folder: Path, framework: str, probabilities: np.ndarray,
                  dataset_sha256=np.array(data.DATASET_SHA256),
                  framework=np.array(framework),
                  native_latency=np.array(json.dumps(native_latency)))
+
+
+def write_export(artifacts: Path, framework: str, onnx_model, predict: Callable,
+                 data_dir: str | None, quick: bool) -> Path:
+    """Write reference.npz, test_data_set_0/ and, last, lenet5.onnx under ARTIFACTS/FRAMEWORK.
+
+    `predict` maps float32 NCHW test images to the native model's probabilities.
+    """
+    folder = artifacts / framework
+    ds = data.load(data_dir)
+    test_images = data.to_float(ds.test_images)
+    probabilities = predict(test_images)
+    latency = measure_native_latency(framework, artifacts, data_dir, quick)
+    onnx_utils.write_test_data_set(folder / "test_data_set_0", test_images[:8], probabilities[:8])
+    write_reference(folder, framework, probabilities, ds.test_labels, latency)
+    path = folder / "lenet5.onnx"
+    onnx_utils.save(onnx_model, path)
+    return path

@@ -14,7 +14,8 @@ from train.recipe import FRAMEWORKS
 from validate.parity import Tolerances
 
 
-def _frameworks(text: str) -> tuple[str, ...]:
+def frameworks_arg(text: str) -> tuple[str, ...]:
+    """Parse a comma-separated subset of torch,tf."""
     names = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
     if not names or any(n not in FRAMEWORKS for n in names):
         raise argparse.ArgumentTypeError(f"expected a comma-separated subset of torch,tf; "
@@ -28,7 +29,7 @@ def add_validate_args(p: argparse.ArgumentParser, positional: bool) -> None:
     if positional:
         p.add_argument("artifacts", nargs="?", type=Path, default=Path("artifacts"),
                        help="artifacts folder (default artifacts/)")
-        p.add_argument("--frameworks", type=_frameworks, default=FRAMEWORKS,
+        p.add_argument("--frameworks", type=frameworks_arg, default=FRAMEWORKS,
                        help="comma-separated subset of torch,tf (default both)")
         p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (test images)")
         p.add_argument("--quick", action="store_true", help="short latency runs")

@@ -18,15 +18,10 @@ from convert.fileio import sha256_file
 from convert.onnx_utils import INPUT_NAME, OUTPUT_NAME, REQUIRED_METADATA
 from train import data
 from validate import parity as par
-from validate.latency import measure
+from validate.latency import BATCH_SIZES, measure, thread_counts
 from validate.runners import CPU, CUDA, OnnxRunner, ProviderUnavailable, cuda_status
 
-BATCH_SIZES = (1, 32, 256)
 SCHEMA_VERSION = 1
-
-
-def _thread_counts() -> list[int]:
-    return sorted({1, os.cpu_count() or 1})
 
 
 def load_reference(path: Path) -> dict[str, np.ndarray]:
@@ -120,7 +115,7 @@ def validate_model(folder: Path, test_images: np.ndarray, tol: par.Tolerances,
     result["predictions"] = probs.argmax(1)  # for the cross-framework section; not serialised
 
     latency = json.loads(str(ref["native_latency"])) if "native_latency" in ref else []
-    for threads in _thread_counts():
+    for threads in thread_counts():
         with OnnxRunner(path, CPU, threads) as runner:
             latency += _latency(runner, test_images, quick)
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
+BATCH_SIZES = (1, 32, 256)
+
+
+def thread_counts() -> list[int]:
+    """1 thread and all cores (once, on a single-core machine)."""
+    return sorted({1, os.cpu_count() or 1})
 
 
 @dataclass(frozen=True)
