@@ -108,7 +108,13 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors are one line on stderr and exit status 2."""
-    args = parser().parse_args(argv)
+    p = parser()
+    # pytest's own options (-x, -k …) pass through `test` untouched.
+    args, extra = p.parse_known_args(argv)
+    if extra and args.command != "test":
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "test":
+        args.pytest_args = extra + args.pytest_args
     try:
         return run(args)
     except ToolkitError as exc:

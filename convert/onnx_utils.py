@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -67,12 +68,45 @@ def _rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:
             v.name = new
 
 
+_GENERATED = re.compile(r"__\d+(:\d+)?$")  # tf2onnx's counter suffixes: "Transpose__34:0"
+
+
+def canonical_names(model: onnx.ModelProto) -> None:
+    """Renumber generated names by first use and order initializers the same way.
+
+    tf2onnx numbers the nodes and constants it creates from counters whose values, and the
+    choice between equal constants it merges, vary from run to run; without this, exporting
+    the same weights twice gives different bytes.
+    """
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    order: dict[str, int] = {}
+    for node in graph.node:
+        for name in list(node.input) + list(node.output):
+            order.setdefault(name, len(order))
+    mapping = {name: (f"const__{k}" if name in initializers else f"value__{k}")
+               for name, k in order.items() if _GENERATED.search(name)}
+    for node in graph.node:
+        if _GENERATED.search(node.name):
+            node.name = f"{node.op_type}__{order[node.output[0]]}"
+        node.input[:] = [mapping.get(n, n) for n in node.input]
+        node.output[:] = [mapping.get(n, n) for n in node.output]
+    for v in list(graph.value_info) + list(graph.initializer):
+        v.name = mapping.get(v.name, v.name)
+    first_use = {mapping.get(name, name): k for name, k in order.items()}
+    ordered = sorted(graph.initializer, key=lambda t: (first_use.get(t.name, len(order)), t.name))
+    copies = [onnx.TensorProto.FromString(t.SerializeToString()) for t in ordered]
+    del graph.initializer[:]
+    graph.initializer.extend(copies)
+
+
 def apply_contract(model: onnx.ModelProto, meta: dict[str, str]) -> onnx.ModelProto:
     """Name and shape the I/O per the contract, drop unused opset domains, set metadata, check."""
     graph = model.graph
     if len(graph.input) != 1 or len(graph.output) != 1:
         raise ValueError(f"expected one input and one output, got {len(graph.input)} and "
                          f"{len(graph.output)}")
+    canonical_names(model)
     _rename_value(graph, graph.input[0].name, INPUT_NAME)
     _rename_value(graph, graph.output[0].name, OUTPUT_NAME)
     _set_shape(graph.input[0], INPUT_SHAPE)
