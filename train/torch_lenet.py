@@ -59,6 +59,16 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def to_channels_last(images: torch.Tensor) -> torch.Tensor:
+    """NCHW values in channels-last memory: oneDNN's convolutions and pooling run faster so."""
+    return images.contiguous(memory_format=torch.channels_last)
+
+
+def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam; the fused kernel does one pass over all parameters instead of many small ops."""
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+
+
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                     labels: torch.Tensor, batch_size: int, generator: torch.Generator,
                     log: EpochLog) -> tuple[float, float]:
@@ -99,10 +109,10 @@ def train(recipe: Recipe, data_dir: str | None, artifacts: Path) -> dict:
     ds = data.load(data_dir)
     make_deterministic(recipe.seed)
     n = recipe.limit or len(ds.train_images)
-    images = torch.from_numpy(data.to_float(ds.train_images[:n]))
+    images = to_channels_last(torch.from_numpy(data.to_float(ds.train_images[:n])))
     labels = torch.from_numpy(ds.train_labels[:n].astype(np.int64))
-    model = LeNet5()
-    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.learning_rate)
+    model = LeNet5().to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, recipe.learning_rate)
     generator = torch.Generator().manual_seed(recipe.seed)
     steps = (n + recipe.batch_size - 1) // recipe.batch_size
     log = EpochLog("torch", recipe, steps)
