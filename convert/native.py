@@ -22,11 +22,14 @@ def read_history(folder: Path) -> dict:
     path = folder / "history.json"
     try:
         history = json.loads(path.read_text())
-        history["recipe"], history["test_accuracy"], history["architecture"]
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing; train this framework first") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ArtifactError(f"{path}: not a training history ({exc})") from None
+    except ValueError as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
+    missing = [k for k in ("recipe", "test_accuracy", "architecture", "parameters")
+               if not isinstance(history, dict) or k not in history]
+    if missing:
+        raise ArtifactError(f"{path}: not a training history (no {', '.join(missing)})")
     return history
 
 

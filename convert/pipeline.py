@@ -10,16 +10,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from convert.errors import ToolkitError
 from train import data
 from train.recipe import Recipe
 from validate.parity import Tolerances
 
 CHECKPOINTS = {"torch": "model.pt", "tf": "model.keras"}
-
-
-class StageFailed(ToolkitError):
-    """A stage's process exited with an error; its own output says why."""
 
 
 def already_trained(folder: Path, framework: str, recipe: Recipe) -> bool:
@@ -38,8 +33,8 @@ def _stage(label: str, args: list[str]) -> float:
     print(f"\n== {label}", flush=True)
     start = time.perf_counter()
     rc = subprocess.run([sys.executable, "-m", "convert", *args]).returncode
-    if rc == 2:
-        raise StageFailed(f"stage '{label}' stopped on bad input (its message is above)")
+    if rc == 2:  # bad input: the stage has printed its one line; add nothing to it
+        sys.exit(2)
     if rc:
         print(f"error: stage '{label}' crashed (exit status {rc}); see its output above",
               file=sys.stderr)

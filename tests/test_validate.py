@@ -127,3 +127,9 @@ def test_validator_tolerance_flags(artifacts_copy):
     else:
         assert proc.returncode == 1 and "parity failed: torch" in proc.stderr
     assert set(report["models"]) == {"torch"}
+
+
+def test_out_of_range_tolerance_is_one_line_exit_2(tmp_path):
+    proc = run("validate", str(tmp_path), "--min-agreement", "2")
+    assert proc.returncode == 2
+    assert error_lines(proc) == ["error: --min-agreement must be within 0..1, got 2"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from convert.errors import ToolkitError
 from convert.fileio import write_json
 from train import data
 
@@ -28,8 +29,6 @@ class Recipe:
     limit: int | None = None    # train on the first N images only (smoke runs); None = all 60,000
 
     def __post_init__(self) -> None:
-        from convert.errors import ToolkitError
-
         if self.epochs < 1:
             raise ToolkitError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from convert.errors import ToolkitError
+
 MAX_FLIPS_LISTED = 100
 
 
@@ -16,6 +18,13 @@ class Tolerances:
     atol: float = 1e-5           # max |probability difference| on the CPU provider
     cuda_atol: float = 1e-4      # the same on CUDA (different kernels, TF32 off)
     min_agreement: float = 1.0   # top-1 agreement required (1.0 = no flips)
+
+    def __post_init__(self) -> None:
+        if not (self.atol >= 0 and self.cuda_atol >= 0):
+            raise ToolkitError(f"--atol and --cuda-atol must be >= 0, got {self.atol:g} and "
+                               f"{self.cuda_atol:g}")
+        if not 0 <= self.min_agreement <= 1:
+            raise ToolkitError(f"--min-agreement must be within 0..1, got {self.min_agreement:g}")
 
 
 @dataclass(frozen=True)
