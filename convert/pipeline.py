@@ -28,7 +28,7 @@ def already_trained(folder: Path, framework: str, recipe: Recipe) -> bool:
             and history.get("dataset_sha256") == data.DATASET_SHA256)
 
 
-def _stage(label: str, args: list[str]) -> float:
+def _stage(label: str, args: list[str]) -> None:
     """Run `python -m convert ...` in a fresh process, streaming its output."""
     print(f"\n== {label}", flush=True)
     start = time.perf_counter()
@@ -39,9 +39,7 @@ def _stage(label: str, args: list[str]) -> float:
         print(f"error: stage '{label}' crashed (exit status {rc}); see its output above",
               file=sys.stderr)
         sys.exit(3)
-    seconds = time.perf_counter() - start
-    print(f"== {label}: done in {seconds:.1f} s", flush=True)
-    return seconds
+    print(f"== {label}: done in {time.perf_counter() - start:.1f} s", flush=True)
 
 
 def run_all(frameworks: tuple[str, ...], recipe: Recipe, data_dir: str | None,
