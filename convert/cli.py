@@ -7,9 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from convert.errors import ToolkitError
+from convert.errors import ToolkitError, cli_call
 from train.__main__ import add_recipe_args
 from train.recipe import FRAMEWORKS, Recipe
+
+QUICK_LIMIT = 6000  # images in the --quick run's one epoch
 
 
 def parser() -> argparse.ArgumentParser:
@@ -25,6 +27,7 @@ def parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("all", help="data check, train + export both frameworks, validate")
     add_recipe_args(a)
+    a.set_defaults(epochs=None)  # 30, or 1 with --quick
     a.add_argument("--frameworks", type=frameworks_arg, default=FRAMEWORKS,
                    help="comma-separated subset of torch,tf (default both)")
     a.add_argument("--quick", action="store_true",
@@ -98,16 +101,17 @@ def run(args: argparse.Namespace) -> int:
     from convert.pipeline import run_all
     from validate.__main__ import tolerances
 
-    recipe = Recipe(epochs=1 if args.quick and args.epochs == Recipe().epochs else args.epochs,
+    quick_or_full = (1, QUICK_LIMIT) if args.quick else (Recipe().epochs, None)
+    recipe = Recipe(epochs=args.epochs if args.epochs is not None else quick_or_full[0],
                     batch_size=args.batch_size, seed=args.seed,
-                    limit=args.limit or (6000 if args.quick else None))
+                    limit=args.limit if args.limit is not None else quick_or_full[1])
     return run_all(frameworks=args.frameworks, recipe=recipe, data_dir=args.data_dir,
                    artifacts=args.artifacts, force=args.force, quick=args.quick,
                    tolerances=tolerances(args))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: user errors are one line on stderr and exit status 2."""
+    """Entry point: exit 0 passed, 1 parity failed, 2 bad input (one line), 3 a crash."""
     p = parser()
     # pytest's own options (-x, -k …) pass through `test` untouched.
     args, extra = p.parse_known_args(argv)
@@ -115,8 +119,4 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "test":
         args.pytest_args = extra + args.pytest_args
-    try:
-        return run(args)
-    except ToolkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_status
+    return cli_call(lambda: run(args))

@@ -1,4 +1,10 @@
-"""The project's exception types: errors a user can cause, printed as one line by the CLIs."""
+"""The project's exception types, and how the CLIs turn exceptions into exit statuses."""
+
+import sys
+import traceback
+from typing import Callable
+
+CRASH_STATUS = 3
 
 
 class ToolkitError(Exception):
@@ -19,3 +25,16 @@ class ParityError(Exception):
     """Parity failed for at least one model: exit 1."""
 
     exit_status = 1
+
+
+def cli_call(fn: Callable[[], int]) -> int:
+    """Run a CLI body: a user error is one line and its status (2); a bug shows its traceback
+    and exits 3, so that it is never mistaken for a parity failure (1)."""
+    try:
+        return fn()
+    except ToolkitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except Exception:  # a bug: keep the traceback
+        traceback.print_exc()
+        return CRASH_STATUS

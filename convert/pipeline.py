@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from convert.fileio import sha256_file
 from train import data
 from train.recipe import Recipe
 from validate.parity import Tolerances
@@ -23,9 +24,11 @@ def already_trained(folder: Path, framework: str, recipe: Recipe) -> bool:
         history = json.loads((folder / "history.json").read_text())
     except (OSError, ValueError):
         return False
-    return ((folder / CHECKPOINTS[framework]).is_file()
+    checkpoint = folder / CHECKPOINTS[framework]
+    return (checkpoint.is_file()
             and history.get("recipe") == asdict(recipe)
-            and history.get("dataset_sha256") == data.DATASET_SHA256)
+            and history.get("dataset_sha256") == data.DATASET_SHA256
+            and history.get("checkpoint_sha256") == sha256_file(checkpoint))
 
 
 def _stage(label: str, args: list[str]) -> None:

@@ -130,7 +130,8 @@ def server(tmp_path):
 def test_download_fills_a_given_folder_and_verifies(server, data_dir, tmp_path, monkeypatch):
     root, url = server
     for name in data.FILES:
-        shutil.copy(data_dir / name, root / name)
+        if name != "train-images-idx3-ubyte.gz":  # not served: a fetch of it would fail
+            shutil.copy(data_dir / name, root / name)
     target = tmp_path / "target"
     target.mkdir()
     shutil.copy(data_dir / "train-images-idx3-ubyte.gz", target)  # present: not fetched again
@@ -152,6 +153,18 @@ def test_download_of_a_bad_file_keeps_nothing(server, data_dir, tmp_path, monkey
 def test_env_var_folder_is_used_alone(data_copy, monkeypatch):
     monkeypatch.setenv(data.ENV_DIR, str(data_copy))
     assert data.ensure_files() == data_copy
+    # A file missing there is fetched into it, never taken from the cache or a local copy.
+    (data_copy / "t10k-labels-idx1-ubyte.gz").unlink()
+    monkeypatch.setenv(data.ENV_URL, "http://127.0.0.1:9/")
+    with pytest.raises(DataError, match=f"{data_copy}/t10k-labels-idx1-ubyte.gz: missing"):
+        data.ensure_files()
+
+
+def test_a_malformed_mirror_url_is_a_data_error(data_copy, monkeypatch):
+    (data_copy / "t10k-labels-idx1-ubyte.gz").unlink()
+    monkeypatch.setenv(data.ENV_URL, "mirror.local/fashion")
+    with pytest.raises(DataError, match="unknown url type"):
+        data.ensure_files(data_copy)
 
 
 def _digest_snippet(arrays: str) -> str:

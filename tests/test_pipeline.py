@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from convert.pipeline import already_trained
-from tests.conftest import run
+from tests.conftest import error_lines, run
 from train.recipe import Recipe
 
 
@@ -31,6 +31,17 @@ def test_rerun_skips_training_for_the_same_recipe(quick_artifacts, artifacts_cop
     assert set(report["models"]) == {"torch"} and report["passed"]
 
 
-def test_bad_frameworks_flag_is_exit_2(tmp_path):
+def test_a_replaced_checkpoint_is_trained_again(artifacts_copy):
+    quick = Recipe(epochs=1, limit=6000)
+    assert already_trained(artifacts_copy / "tf", "tf", quick)
+    ckpt = artifacts_copy / "tf" / "model.keras"
+    ckpt.write_bytes(ckpt.read_bytes() + b"\0")  # no longer the checkpoint the history describes
+    assert not already_trained(artifacts_copy / "tf", "tf", quick)
+
+
+def test_bad_flags_are_exit_2(tmp_path):
     proc = run("convert", "all", "--frameworks", "torch,jax", "--artifacts", str(tmp_path))
     assert proc.returncode == 2 and "torch,jax" in proc.stderr
+    proc = run("convert", "all", "--limit", "0", "--artifacts", str(tmp_path))
+    assert proc.returncode == 2
+    assert error_lines(proc) == ["error: --limit must be at least 1, got 0"]

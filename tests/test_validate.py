@@ -133,3 +133,39 @@ def test_out_of_range_tolerance_is_one_line_exit_2(tmp_path):
     proc = run("validate", str(tmp_path), "--min-agreement", "2")
     assert proc.returncode == 2
     assert error_lines(proc) == ["error: --min-agreement must be within 0..1, got 2"]
+
+
+def test_a_corrupt_history_is_one_line_exit_2(artifacts_copy):
+    path = artifacts_copy / "torch" / "history.json"
+    path.write_text(path.read_text()[:40])
+    _one_line(run("validate", str(artifacts_copy), "--quick"), str(path), "not valid JSON")
+
+
+def test_an_onnx_file_that_breaks_the_io_contract(artifacts_copy):
+    path = artifacts_copy / "torch" / "lenet5.onnx"
+    model = onnx.load(str(path))
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 3  # [batch, 3, 28, 28]
+    onnx.save(model, str(path))
+    _one_line(run("validate", str(artifacts_copy), "--quick"), str(path),
+              "breaks the I/O contract")
+
+
+def test_tolerance_flags_reach_the_report(artifacts_copy):
+    proc = run("convert", "validate", str(artifacts_copy), "--quick", "--frameworks", "tf",
+               "--atol", "0.5", "--cuda-atol", "0.25", "--min-agreement", "0.75")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((artifacts_copy / "report.json").read_text())
+    assert report["tolerances"] == {"atol": 0.5, "cuda_atol": 0.25, "min_agreement": 0.75}
+    assert report["models"]["tf"]["parity"]["atol"] == 0.5
+    assert report["models"]["tf"]["parity"]["min_agreement"] == 0.75
+
+
+def test_a_crash_is_exit_3_with_its_traceback(capsys):
+    from convert.errors import DataError, cli_call
+
+    assert cli_call(lambda: 1 // 0) == 3
+    assert "ZeroDivisionError" in capsys.readouterr().err
+    def bad_input():
+        raise DataError("f.gz: broken")
+    assert cli_call(bad_input) == 2
+    assert capsys.readouterr().err == "error: f.gz: broken\n"

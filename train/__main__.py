@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from convert.errors import ToolkitError
+from convert.errors import cli_call
 from train.recipe import FRAMEWORKS, Recipe
 
 
@@ -42,16 +42,16 @@ def run(framework: str, recipe: Recipe, data_dir: str | None, artifacts: Path) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: exit 0 on success, 2 on a user error (one line on stderr)."""
+    """Entry point: exit 0 on success, 2 on a user error (one line on stderr), 3 a crash."""
     args = parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                         limit=args.limit)
         run(args.framework, recipe, args.data_dir, args.artifacts)
-    except ToolkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_status
-    return 0
+        return 0
+
+    return cli_call(body)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import shutil
 import sys
@@ -86,7 +87,10 @@ def _progress(msg: str, final: bool = False) -> None:
 def _verify(path: Path) -> None:
     """Check a file's sha256; a bad file is removed and reported as one line."""
     expected = FILES[path.name]
-    actual = sha256_file(path)
+    try:
+        actual = sha256_file(path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror})") from None
     if actual == expected:
         return
     try:
@@ -127,8 +131,8 @@ def download(name: str, folder: Path, base_url: str | None = None) -> Path:
                     f"expected {expected[:16]}…; nothing was kept"
                 )
         _progress(f"downloading {name}: done ({done / 1e6:.1f} MB)", final=True)
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", None) or exc.strerror or exc
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
         raise DataError(f"{dest}: missing, and downloading {url} failed: {reason}") from None
     return dest
 

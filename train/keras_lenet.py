@@ -107,7 +107,7 @@ def train(recipe: Recipe, data_dir: str | None, artifacts: Path) -> dict:
     """Train with the recipe; write model.keras and history.json; return the history."""
     ds = data.load(data_dir)
     make_deterministic(recipe.seed)
-    n = recipe.limit or len(ds.train_images)
+    n = min(recipe.limit or len(ds.train_images), len(ds.train_images))
     images = nhwc(data.to_float(ds.train_images[:n]))
     labels = ds.train_labels[:n].astype(np.int32)
     # float32 tensors through tf.data (the seed fed float64 NumPy to fit, converting every batch).
@@ -126,7 +126,8 @@ def train(recipe: Recipe, data_dir: str | None, artifacts: Path) -> dict:
     with atomic_path(folder / "model.keras") as tmp:
         model.save(tmp)
     return write_history(folder, "tf", recipe, log, versions(), ARCHITECTURE,
-                         model.count_params(), n, test_accuracy, model.get_weights())
+                         model.count_params(), n, test_accuracy, model.get_weights(),
+                         folder / "model.keras")
 
 
 def load_model(path: Path) -> keras.Model:

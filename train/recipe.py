@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from convert.errors import ToolkitError
-from convert.fileio import write_json
+from convert.fileio import sha256_file, write_json
 from train import data
 
 FRAMEWORKS = ("torch", "tf")
@@ -88,7 +88,8 @@ def weights_digest(weights: list[np.ndarray]) -> str:
 
 def write_history(folder: Path, framework: str, recipe: Recipe, log: EpochLog,
                   versions: dict[str, str], architecture: str, parameters: int,
-                  train_images: int, test_accuracy: float, weights: list[np.ndarray]) -> dict:
+                  train_images: int, test_accuracy: float, weights: list[np.ndarray],
+                  checkpoint: Path) -> dict:
     """Write `history.json` atomically and return what it holds."""
     seconds = sum(e["seconds"] for e in log.epochs)
     history = {
@@ -105,6 +106,8 @@ def write_history(folder: Path, framework: str, recipe: Recipe, log: EpochLog,
         "images_per_second": round(train_images * len(log.epochs) / seconds, 1),
         "test_accuracy": test_accuracy,
         "weights_sha256": weights_digest(weights),
+        # Ties this history to its checkpoint: the two files are replaced one after the other.
+        "checkpoint_sha256": sha256_file(checkpoint),
     }
     write_json(folder / "history.json", history)
     print(f"[{framework}] test accuracy {test_accuracy:.4f}; wrote {folder}")

@@ -108,7 +108,7 @@ def train(recipe: Recipe, data_dir: str | None, artifacts: Path) -> dict:
     """Train with the recipe; write model.pt and history.json; return the history."""
     ds = data.load(data_dir)
     make_deterministic(recipe.seed)
-    n = recipe.limit or len(ds.train_images)
+    n = min(recipe.limit or len(ds.train_images), len(ds.train_images))
     images = to_channels_last(torch.from_numpy(data.to_float(ds.train_images[:n])))
     labels = torch.from_numpy(ds.train_labels[:n].astype(np.int64))
     model = LeNet5().to(memory_format=torch.channels_last)
@@ -130,7 +130,7 @@ def train(recipe: Recipe, data_dir: str | None, artifacts: Path) -> dict:
         torch.save(model.state_dict(), handle)
     return write_history(folder, "torch", recipe, log, versions(), ARCHITECTURE,
                          parameter_count(model), n, test_accuracy,
-                         [t.numpy() for t in model.state_dict().values()])
+                         [t.numpy() for t in model.state_dict().values()], folder / "model.pt")
 
 
 def load_model(path: Path) -> LeNet5:

@@ -1,6 +1,7 @@
 """`python -m validate [ARTIFACTS]`: parity, accuracy and latency of the ONNX models.
 
-Needs onnxruntime and numpy only. Exit status: 0 parity passed, 1 failed, 2 bad input.
+Needs onnxruntime and numpy only. Exit status: 0 parity passed, 1 failed, 2 bad input,
+3 a crash.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from convert.errors import ToolkitError
+from convert.errors import cli_call
 from train.recipe import FRAMEWORKS
 from validate.parity import Tolerances
 
@@ -72,11 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m validate", description=__doc__)
     add_validate_args(p, positional=True)
     args = p.parse_args(argv)
-    try:
-        return run_validate(args)
-    except ToolkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_status
+    return cli_call(lambda: run_validate(args))
 
 
 if __name__ == "__main__":

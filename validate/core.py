@@ -15,7 +15,9 @@ import onnxruntime as ort
 
 from convert.errors import ArtifactError
 from convert.fileio import sha256_file
-from convert.onnx_utils import INPUT_NAME, OUTPUT_NAME, REQUIRED_METADATA
+from convert.native import read_history
+from convert.onnx_utils import (INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME, OUTPUT_SHAPE,
+                                REQUIRED_METADATA)
 from train import data
 from validate import parity as par
 from validate.latency import BATCH_SIZES, measure, thread_counts
@@ -57,12 +59,27 @@ def load_onnx(path: Path) -> onnx.ModelProto:
     except Exception as exc:  # protobuf decode errors, checker errors: the file is at fault
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ArtifactError(f"{path}: not a valid ONNX model ({reason[:200]})") from None
-    inputs = [i.name for i in model.graph.input]
-    outputs = [o.name for o in model.graph.output]
-    if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs:
-        raise ArtifactError(f"{path}: inputs {inputs} / outputs {outputs} break the contract "
-                            f"(input '{INPUT_NAME}', output '{OUTPUT_NAME}')")
+    inputs = {i.name: _signature(i) for i in model.graph.input}
+    outputs = {o.name: _signature(o) for o in model.graph.output}
+    want_in = (onnx.TensorProto.FLOAT, INPUT_SHAPE)
+    want_out = (onnx.TensorProto.FLOAT, OUTPUT_SHAPE)
+    if inputs != {INPUT_NAME: want_in} or outputs.get(OUTPUT_NAME) != want_out:
+        raise ArtifactError(
+            f"{path}: breaks the I/O contract (inputs {_describe(inputs)}, outputs "
+            f"{_describe(outputs)}; expected input {INPUT_NAME} float32 {list(INPUT_SHAPE)} and "
+            f"output {OUTPUT_NAME} float32 {list(OUTPUT_SHAPE)})")
     return model
+
+
+def _signature(value: onnx.ValueInfoProto) -> tuple[int, tuple]:
+    """(element type, shape with symbolic dims as their names) of a graph input or output."""
+    t = value.type.tensor_type
+    return t.elem_type, tuple(d.dim_param or d.dim_value for d in t.shape.dim)
+
+
+def _describe(sigs: dict) -> str:
+    return ", ".join(f"{name} {onnx.helper.tensor_dtype_to_np_dtype(et) if et else '?'} "
+                     f"{list(shape)}" for name, (et, shape) in sigs.items())
 
 
 def model_facts(path: Path, model: onnx.ModelProto) -> dict:
@@ -96,9 +113,8 @@ def validate_model(folder: Path, test_images: np.ndarray, tol: par.Tolerances,
     ref = load_reference(folder / "reference.npz")
     labels, reference = ref["labels"], ref["probabilities"]
     result: dict = {"facts": model_facts(path, model)}
-    history_path = folder / "history.json"
-    if history_path.is_file():
-        h = json.loads(history_path.read_text())
+    if (folder / "history.json").is_file():  # optional: a deployer may hold only the ONNX side
+        h = read_history(folder)
         result["training"] = {k: h.get(k) for k in (
             "architecture", "parameters", "recipe", "seconds", "images_per_second",
             "test_accuracy", "versions")} | {"epochs": len(h.get("epochs", []))}

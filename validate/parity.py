@@ -8,8 +8,6 @@ import numpy as np
 
 from convert.errors import ToolkitError
 
-MAX_FLIPS_LISTED = 100
-
 
 @dataclass(frozen=True)
 class Tolerances:
@@ -37,7 +35,7 @@ class Parity:
     mean_abs_diff: float
     top1_agreement: float
     flip_count: int
-    flips: list[int]             # indices of images whose top-1 class differs (first 100)
+    flips: list[int]             # indices of every image whose top-1 class differs
     accuracy_native: float
     accuracy_onnxruntime: float
     atol: float
@@ -85,5 +83,5 @@ def compare(actual: np.ndarray, reference: np.ndarray, labels: np.ndarray, provi
     acc_native, acc_ort = accuracy(reference, labels), accuracy(actual, labels)
     passed = bool(max_diff <= atol and agreement >= min_agreement and acc_native == acc_ort)
     return Parity(provider, len(actual), max_diff, float(diff.mean()), agreement, len(flips),
-                  flips[:MAX_FLIPS_LISTED].tolist(), acc_native, acc_ort, atol, min_agreement,
+                  flips.tolist(), acc_native, acc_ort, atol, min_agreement,
                   passed)

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from convert.errors import ArtifactError
+
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
@@ -73,7 +75,8 @@ class OnnxRunner:
         except Exception as exc:
             if self.provider == CUDA:
                 raise ProviderUnavailable(f"session creation failed: {exc}") from None
-            raise
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else repr(exc)
+            raise ArtifactError(f"{self.path}: onnxruntime cannot load it ({reason})") from None
         active = self.session.get_providers()
         # Never a silent fallback: the first provider in use must be the one asked for.
         if active[0] != self.provider:
