@@ -26,7 +26,7 @@ from validate.runners import CPU, CUDA, OnnxRunner, ProviderUnavailable, cuda_st
 SCHEMA_VERSION = 1
 
 
-def load_reference(path: Path) -> dict[str, np.ndarray]:
+def load_reference(path: Path) -> dict:
     """Read reference.npz, checking what validation relies on."""
     if not path.is_file():
         raise ArtifactError(f"{path}: missing; run `python -m convert export "
@@ -42,6 +42,10 @@ def load_reference(path: Path) -> dict[str, np.ndarray]:
     if ref["probabilities"].shape != (10000, 10) or ref["labels"].shape != (10000,):
         raise ArtifactError(f"{path}: probabilities {ref['probabilities'].shape} / labels "
                             f"{ref['labels'].shape}, expected (10000, 10) / (10000,)")
+    try:
+        ref["native_latency"] = json.loads(str(ref.get("native_latency", "[]")))
+    except ValueError as exc:
+        raise ArtifactError(f"{path}: its native_latency is not JSON ({exc})") from None
     if str(ref["test_images_sha256"]) != data.FILES["t10k-images-idx3-ubyte.gz"]:
         raise ArtifactError(f"{path}: made from a different test set (sha256 "
                             f"{str(ref['test_images_sha256'])[:16]}…)")
@@ -130,7 +134,7 @@ def validate_model(folder: Path, test_images: np.ndarray, tol: par.Tolerances,
     }
     result["predictions"] = probs.argmax(1)  # for the cross-framework section; not serialised
 
-    latency = json.loads(str(ref["native_latency"])) if "native_latency" in ref else []
+    latency = list(ref["native_latency"])
     for threads in thread_counts():
         with OnnxRunner(path, CPU, threads) as runner:
             latency += _latency(runner, test_images, quick)
