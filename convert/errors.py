@@ -21,12 +21,6 @@ class ArtifactError(ToolkitError):
     """A file in the artifacts folder is missing or unreadable."""
 
 
-class ParityError(Exception):
-    """Parity failed for at least one model: exit 1."""
-
-    exit_status = 1
-
-
 def cli_call(fn: Callable[[], int]) -> int:
     """Run a CLI body: a user error is one line and its status (2); a bug shows its traceback
     and exits 3, so that it is never mistaken for a parity failure (1)."""

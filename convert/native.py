@@ -35,7 +35,7 @@ def read_history(folder: Path) -> dict:
 
 def latency_images(data_dir: str | None) -> np.ndarray:
     """The first 256 test images as float32 NCHW: the latency input for every runtime."""
-    images = data.load_split(data.ensure_files(data_dir), "test")[0][:max(BATCH_SIZES)]
+    images = data.load_test(data_dir)[0][:max(BATCH_SIZES)]
     return data.to_float(images)
 
 
@@ -80,12 +80,12 @@ def write_export(artifacts: Path, framework: str, onnx_model, predict: Callable,
     `predict` maps float32 NCHW test images to the native model's probabilities.
     """
     folder = artifacts / framework
-    ds = data.load(data_dir)
-    test_images = data.to_float(ds.test_images)
+    images, labels = data.load_test(data_dir)
+    test_images = data.to_float(images)
     probabilities = predict(test_images)
     latency = measure_native_latency(framework, artifacts, data_dir, quick)
     onnx_utils.write_test_data_set(folder / "test_data_set_0", test_images[:8], probabilities[:8])
-    write_reference(folder, framework, probabilities, ds.test_labels, latency)
+    write_reference(folder, framework, probabilities, labels, latency)
     path = folder / "lenet5.onnx"
     onnx_utils.save(onnx_model, path)
     return path

@@ -210,6 +210,11 @@ def load(data_dir: str | os.PathLike | None = None) -> FashionMNIST:
     return FashionMNIST(*load_split(folder, "train"), *load_split(folder, "test"), folder)
 
 
+def load_test(data_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Find and verify the files, then parse only the test split (export and validation)."""
+    return load_split(ensure_files(data_dir), "test")
+
+
 def to_float(images: np.ndarray) -> np.ndarray:
     """uint8 [N, 28, 28] -> float32 [N, 1, 28, 28], pixel / 255 (the ONNX input contract)."""
     return (images.astype(np.float32) / np.float32(255.0))[:, None, :, :]

@@ -91,12 +91,12 @@ def model_facts(path: Path, model: onnx.ModelProto) -> dict:
     opset = next((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), None)
     params = sum(int(np.prod(t.dims)) for t in model.graph.initializer
                  if t.data_type == onnx.TensorProto.FLOAT)
+    meta = {p.key: p.value for p in model.metadata_props}
     return {"file": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path),
             "opset": opset, "parameters": params,
             "producer": f"{model.producer_name} {model.producer_version}".strip(),
-            "metadata": {p.key: p.value for p in model.metadata_props},
-            "missing_metadata": [k for k in REQUIRED_METADATA
-                                 if k not in {p.key for p in model.metadata_props}]}
+            "metadata": meta,
+            "missing_metadata": [k for k in REQUIRED_METADATA if k not in meta]}
 
 
 def _latency(runner: OnnxRunner, images: np.ndarray, quick: bool) -> list[dict]:
@@ -181,7 +181,7 @@ def validate(artifacts: Path, frameworks: tuple[str, ...], tol: par.Tolerances,
     if not artifacts.is_dir():
         raise ArtifactError(f"{artifacts}: no artifacts folder; run `python -m convert all` "
                             "first")
-    test_images = data.to_float(data.load_split(data.ensure_files(data_dir), "test")[0])
+    test_images = data.to_float(data.load_test(data_dir)[0])
     models = {}
     for fw in frameworks:
         print(f"[validate] {fw}: parity, accuracy and latency", flush=True)
