@@ -1,0 +1,42 @@
+"""Runners: one contract (validate.runners.base.Runner) for every place a model runs.
+
+`RUNNERS` maps each `--runtimes` key to its class, in report order. The JavaScript runners
+(onnxruntime-node, onnxruntime-web under Node, and a headless browser) run in processes of
+their own; the others run in this one.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from validate.runners.base import Runner, RunnerFailed, RunnerUnavailable
+from validate.runners.ort import (CPU, CUDA, CpuRunner, CudaRunner, OnnxRunner,
+                                  ProviderStatus, ProviderUnavailable, cuda_status,
+                                  session_options)
+
+# key -> "module:Class"; imported on first use so that a missing optional part (Playwright)
+# makes only its own runner unavailable.
+_SPECS = {
+    "cpu": "validate.runners.ort:CpuRunner",
+    "cuda": "validate.runners.ort:CudaRunner",
+    "reference": "validate.runners.reference:ReferenceRunner",
+    "node": "validate.runners.node:NodeRunner",
+    "wasm": "validate.runners.node:WasmRunner",
+    "browser": "validate.runners.browser:BrowserRunner",
+}
+
+
+def runner_keys() -> tuple[str, ...]:
+    """Every runner's `--runtimes` key, in report order."""
+    return tuple(_SPECS)
+
+
+def runner_class(key: str) -> type[Runner]:
+    """The class registered under `key`."""
+    module, _, cls = _SPECS[key].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+__all__ = ["CPU", "CUDA", "CpuRunner", "CudaRunner", "OnnxRunner", "ProviderStatus",
+           "ProviderUnavailable", "Runner", "RunnerFailed", "RunnerUnavailable", "cuda_status",
+           "runner_class", "runner_keys", "session_options"]
