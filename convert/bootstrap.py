@@ -1,4 +1,5 @@
-"""First-run set-up for a clone: create `.venv`, install the toolkit into it, re-run there.
+"""First-run set-up for a clone: create `.venv`, install the toolkit into it, re-run there;
+then install the JavaScript runtimes (validate/js) with `npm ci` where Node.js is present.
 
 Standard library only: it runs before any dependency is known to be importable. Skipped when
 the toolkit is not run from a clone, when the current interpreter already has every
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -18,8 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 STAMP = VENV / ".lenet5-installed"  # sha256 of the pyproject.toml last installed
+JS_DIR = ROOT / "validate" / "js"
+JS_STAMP = JS_DIR / "node_modules" / ".lenet5-installed"  # sha256 of package-lock.json installed
 MODULES = ("numpy", "onnx", "onnxruntime", "onnxscript", "torch", "torchvision", "tensorflow",
-           "tf2onnx", "pytest")
+           "tf2onnx", "pytest", "psutil", "playwright", "onnxconverter_common", "onnx2torch")
 
 
 def _venv_python() -> Path:
@@ -46,6 +50,52 @@ def _install(python: Path) -> None:
     STAMP.write_text(_wanted() + "\n")
 
 
+def _js_wanted() -> str:
+    return hashlib.sha256((JS_DIR / "package-lock.json").read_bytes()).hexdigest()
+
+
+def _npm_reason(output: str) -> str:
+    """The line of npm's error output that says why (not its code/errno/log-file lines)."""
+    lines = [l.strip() for l in output.splitlines() if l.strip()]
+    errors = [l for l in lines if l.lower().startswith(("npm err", "npm error"))]
+    for line in errors:
+        words = line.split(None, 3)
+        if len(words) > 2 and words[2] not in ("code", "errno", "syscall", "A", "Log"):
+            return line
+    return (errors or lines or [""])[0]
+
+
+def ensure_js_packages() -> None:
+    """`npm ci --ignore-scripts` in validate/js when node_modules is missing or stale.
+
+    --ignore-scripts: onnxruntime-node's install script fetches CUDA binaries from outside the
+    npm registry; its CPU binary is in the package. Without node/npm, or when npm fails, the
+    JavaScript runners report themselves unavailable (with the reason); nothing stops here.
+    """
+    lock = JS_DIR / "package-lock.json"
+    npm = shutil.which("npm")
+    if not lock.is_file() or not shutil.which("node") or not npm:
+        return
+    if JS_STAMP.is_file() and JS_STAMP.read_text().strip() == _js_wanted():
+        return
+    print(f"bootstrap: installing the JavaScript runtimes into {JS_DIR / 'node_modules'} "
+          "(npm ci --ignore-scripts)", file=sys.stderr, flush=True)
+    env = {**os.environ, "npm_config_audit": "false", "npm_config_fund": "false",
+           "npm_config_update_notifier": "false"}
+    try:
+        proc = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
+                              cwd=JS_DIR, env=env, capture_output=True, text=True, timeout=900)
+        failed = proc.returncode != 0
+        why = _npm_reason(proc.stderr + proc.stdout) or f"exit status {proc.returncode}"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        failed, why = True, type(exc).__name__
+    if failed:
+        print(f"bootstrap: `npm ci --ignore-scripts` in {JS_DIR} failed ({why[:200]}); the "
+              "JavaScript runners will be reported unavailable", file=sys.stderr, flush=True)
+        return
+    JS_STAMP.write_text(_js_wanted() + "\n")
+
+
 def ensure_environment(argv: list[str]) -> None:
     """Make sure this process runs with every dependency installed; may re-exec itself."""
     if os.environ.get("LENET5_NO_BOOTSTRAP") or not (ROOT / "pyproject.toml").is_file():
@@ -53,8 +103,10 @@ def ensure_environment(argv: list[str]) -> None:
     if Path(sys.prefix).resolve() == VENV.resolve():
         if not _installed():
             _install(Path(sys.executable))
+        ensure_js_packages()
         return
     if all(importlib.util.find_spec(m) for m in MODULES):
+        ensure_js_packages()
         return
     if not _venv_python().is_file():
         print(f"bootstrap: creating {VENV}", file=sys.stderr, flush=True)
