@@ -21,6 +21,11 @@ class ArtifactError(ToolkitError):
     """A file in the artifacts folder is missing or unreadable."""
 
 
+class OutputError(ToolkitError):
+    """A result cannot be written: the disk is full, the folder is read-only, a path that
+    should be a folder is a file."""
+
+
 def cli_call(fn: Callable[[], int]) -> int:
     """Run a CLI body: a user error is one line and its status (2); a bug shows its traceback
     and exits 3, so that it is never mistaken for a parity failure (1)."""

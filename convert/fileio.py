@@ -3,12 +3,50 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
+
+from convert.errors import OutputError
+
+
+# errno -> the reason a user reads; an OSError with one of these while writing is the
+# user's disk or folder, not a bug.
+_REASONS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large (a file-size limit)",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOTDIR: "not a folder",
+    errno.EEXIST: "not a folder",
+    errno.EISDIR: "is a folder",
+    errno.ENAMETOOLONG: "file name too long",
+}
+_WHILE_WRITING = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def output_error(path: Path, exc: OSError) -> OutputError:
+    """One line naming the path and the reason."""
+    reason = _REASONS.get(exc.errno) or (exc.strerror or str(exc)).lower()
+    return OutputError(f"{path}: cannot write it: {reason}")
+
+
+def _prepare(path: Path) -> None:
+    """Make the folder, or say in one line why it cannot hold the file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        bad = next((p for p in [path.parent, *path.parent.parents] if p.exists()
+                    and not p.is_dir()), path.parent)
+        raise OutputError(f"{bad}: cannot write {path.name} there: not a folder") from None
+    except OSError as exc:
+        raise output_error(path.parent, exc) from None
 
 
 def _publish(tmp: str, path: Path) -> None:
@@ -19,20 +57,36 @@ def _publish(tmp: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _mkstemp(path: Path, prefix: str, suffix: str) -> tuple[int, str]:
+    _prepare(path)
+    try:
+        return tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+    except OSError as exc:
+        raise output_error(path, exc) from None
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file beside `path`; move it into place only if the block succeeds."""
+    """Open a temporary file beside `path`; move it into place only if the block succeeds.
+
+    A full disk, a read-only folder or a path that is not a folder is an OutputError (one
+    line, exit 2), and the temporary file is removed whatever happens.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _mkstemp(path, f".{path.name}.", ".tmp")
     try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        _publish(tmp, path)
+        try:
+            with os.fdopen(fd, mode) as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            _publish(tmp, path)
+        except OSError as exc:
+            if exc.errno in _WHILE_WRITING or exc.errno in _REASONS:
+                raise output_error(path, exc) from None
+            raise
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
@@ -41,14 +95,18 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path` for a library that writes by name; then move it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    fd, tmp = _mkstemp(path, f".{path.stem}.", path.suffix)
     os.close(fd)
     try:
-        yield Path(tmp)
-        _publish(tmp, path)
+        try:
+            yield Path(tmp)
+            _publish(tmp, path)
+        except OSError as exc:
+            if exc.errno in _WHILE_WRITING or exc.errno in _REASONS:
+                raise output_error(path, exc) from None
+            raise
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
@@ -64,6 +122,15 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def append_text(path: str | os.PathLike, text: str) -> None:
+    """Append UTF-8 text to a file (created if missing): for summaries other tools collect."""
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise output_error(Path(path), exc) from None
+
+
 def write_json(path: str | os.PathLike, obj: object) -> None:
     """Write JSON (indented, keys in insertion order) atomically."""
     write_text(path, json.dumps(obj, indent=2) + "\n")
@@ -76,3 +143,35 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+SUMS_NAME = "SHA256SUMS"
+# What a deployer copies out of a framework's folder; each writer refreshes the list.
+DEPLOY_FILES = ("lenet5.onnx", "lenet5.*.onnx", "reference.npz", "test_data_set_*/*.pb")
+
+
+def refresh_sha256sums(folder: str | os.PathLike,
+                       patterns: tuple[str, ...] = DEPLOY_FILES) -> Path:
+    """Write FOLDER/SHA256SUMS (the `sha256sum` format, so `sha256sum -c` checks it) over the
+    files matching `patterns`, atomically."""
+    folder = Path(folder)
+    names = sorted({p.relative_to(folder).as_posix() for pattern in patterns
+                    for p in folder.glob(pattern) if p.is_file() and p.name != SUMS_NAME
+                    and not p.name.startswith(".")})
+    write_text(folder / SUMS_NAME, "".join(f"{sha256_file(folder / n)}  {n}\n" for n in names))
+    return folder / SUMS_NAME
+
+
+def read_sha256sums(path: str | os.PathLike) -> dict[str, str]:
+    """Parse a SHA256SUMS file: {relative name: hex digest}; ValueError on a bad line."""
+    sums = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        digest, sep, name = line.partition(" ")
+        name = name[1:] if name[:1] in (" ", "*") else name
+        if (not sep or len(digest) != 64 or not name
+                or any(c not in "0123456789abcdef" for c in digest.lower())):
+            raise ValueError(f"line {number} is not `<sha256>  <file>`")
+        sums[name] = digest.lower()
+    return sums

@@ -10,6 +10,8 @@ import pytest
 from onnx import numpy_helper
 
 from tests.conftest import error_lines, run
+
+FAST = ("--runtimes", "cpu", "--no-latency")  # for tests about something other than runtimes
 from validate import parity
 from validate.runners import CUDA, OnnxRunner, ProviderUnavailable, cuda_status
 
@@ -47,7 +49,7 @@ def test_cuda_is_confirmed_or_reported_unavailable(quick_artifacts):
 
 def test_report_holds_the_contracted_fields(quick_artifacts):
     report = json.loads((quick_artifacts / "report.json").read_text())
-    assert report["schema_version"] == 1 and report["passed"] is True
+    assert report["schema_version"] == 2 and report["passed"] is True
     env = report["environment"]
     assert "CPUExecutionProvider" in env["providers_available"] and env["onnxruntime"]
     for fw in ("torch", "tf"):
@@ -62,11 +64,23 @@ def test_report_holds_the_contracted_fields(quick_artifacts):
                 "images_per_second"}
         assert all(keys <= set(row) for row in m["latency"])
         ort_rows = {(r["batch_size"], r["threads"]) for r in m["latency"]
-                    if r["runtime"] == "onnxruntime"}
+                    if r["runtime"] == "onnxruntime" and r["provider"] == "CPUExecutionProvider"}
         cores = env["cpu_count"]
         assert ort_rows == {(b, t) for b in (1, 32, 256) for t in {1, cores}}
-        native = {r["runtime"] for r in m["latency"]} - {"onnxruntime"}
+        native = {r["runtime"] for r in m["latency"] if "runner" not in r}
         assert native == {"torch" if fw == "torch" else "tensorflow"}
+        # Every runtime: parity fields and its tolerance, or the reason it could not run.
+        for name, r in m["runtimes"].items():
+            assert r["status"] in ("passed", "unavailable"), (name, r)
+            if r["status"] == "unavailable":
+                assert r["reason"]
+                continue
+            assert r["max_abs_diff"] <= r["tolerance"] and r["flip_count"] == 0
+            assert r["invariance"]["passed"] and r["invariance"]["rerun_identical"]
+            assert r["vs_exact_max_abs_diff"] is not None
+            assert r["tolerance_check"]["status"] == "ok", r["tolerance_check"]
+        assert m["runtimes"]["onnx-reference"]["vs_exact_max_abs_diff"] == 0
+        assert 0 < m["noise_floor"]["native_vs_exact"] < 1e-5
         assert m["facts"]["parameters"] == {"torch": 61706, "tf": 107786}[fw]
         assert m["facts"]["opset"] == 18 and len(m["facts"]["sha256"]) == 64
     cross = report["cross_framework"]
@@ -83,10 +97,10 @@ def test_planted_fault_fails_parity_and_names_the_model(artifacts_copy):
     w.flat[0] += 0.5  # one weight
     init.CopyFrom(numpy_helper.from_array(w, init.name))
     onnx.save(model, str(path))
-    proc = run("validate", str(artifacts_copy), "--quick")
+    proc = run("validate", str(artifacts_copy), "--quick", *FAST)
     assert proc.returncode == 1, proc.stderr[-2000:]
     lines = error_lines(proc)
-    assert len(lines) == 1 and lines[0].startswith("parity failed: tf (CPUExecutionProvider): "
+    assert len(lines) == 1 and lines[0].startswith("parity failed: tf (onnxruntime-cpu): "
                                                    "max |diff|"), lines
     report = json.loads((artifacts_copy / "report.json").read_text())
     assert report["passed"] is False and report["models"]["torch"]["passed"] is True
@@ -108,19 +122,19 @@ def test_missing_artifacts_folder(tmp_path):
 def test_a_file_that_is_not_onnx(artifacts_copy):
     path = artifacts_copy / "torch" / "lenet5.onnx"
     path.write_text("this is not a model\n")
-    _one_line(run("validate", str(artifacts_copy), "--quick"), str(path), "not a valid ONNX model")
+    _one_line(run("validate", str(artifacts_copy), "--quick", *FAST), str(path), "not a valid ONNX model")
 
 
 def test_missing_reference(artifacts_copy):
     path = artifacts_copy / "tf" / "reference.npz"
     path.unlink()
-    _one_line(run("validate", str(artifacts_copy), "--quick"), str(path), "missing")
+    _one_line(run("validate", str(artifacts_copy), "--quick", *FAST), str(path), "missing")
 
 
 def test_validator_tolerance_flags(artifacts_copy):
     # An impossible tolerance turns a passing model into a named failure.
     proc = run("validate", str(artifacts_copy), "--quick", "--frameworks", "torch",
-               "--atol", "0")
+               "--atol", "0", *FAST)
     report = json.loads((artifacts_copy / "report.json").read_text())
     if report["models"]["torch"]["parity"]["max_abs_diff"] == 0:
         assert proc.returncode == 0
@@ -138,7 +152,7 @@ def test_out_of_range_tolerance_is_one_line_exit_2(tmp_path):
 def test_a_corrupt_history_is_one_line_exit_2(artifacts_copy):
     path = artifacts_copy / "torch" / "history.json"
     path.write_text(path.read_text()[:40])
-    _one_line(run("validate", str(artifacts_copy), "--quick"), str(path), "not valid JSON")
+    _one_line(run("validate", str(artifacts_copy), "--quick", *FAST), str(path), "not valid JSON")
 
 
 def test_an_onnx_file_that_breaks_the_io_contract(artifacts_copy):
@@ -146,7 +160,7 @@ def test_an_onnx_file_that_breaks_the_io_contract(artifacts_copy):
     model = onnx.load(str(path))
     model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 3  # [batch, 3, 28, 28]
     onnx.save(model, str(path))
-    _one_line(run("validate", str(artifacts_copy), "--quick"), str(path),
+    _one_line(run("validate", str(artifacts_copy), "--quick", *FAST), str(path),
               "breaks the I/O contract")
 
 
@@ -155,8 +169,10 @@ def test_tolerance_flags_reach_the_report(artifacts_copy):
                "--atol", "0.5", "--cuda-atol", "0.25", "--min-agreement", "0.75")
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((artifacts_copy / "report.json").read_text())
-    assert report["tolerances"] == {"atol": 0.5, "cuda_atol": 0.25, "min_agreement": 0.75}
+    assert report["tolerances"] == {"atol": 0.5, "cuda_atol": 0.25, "min_agreement": 0.75,
+                                    "rtol": 1e-4}
     assert report["models"]["tf"]["parity"]["atol"] == 0.5
+    assert report["models"]["tf"]["runtimes"]["onnx-reference"]["tolerance"] == 0.5
     assert report["models"]["tf"]["parity"]["min_agreement"] == 0.75
 
 

@@ -1,0 +1,162 @@
+"""Writing results: a full disk, a read-only folder or a path that is a file is one line
+(exit 2) with nothing partial or temporary left behind; one `convert all` per folder."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.conftest import DATA_DIR, ROOT, error_lines, run
+
+FAST = ("--runtimes", "cpu", "--no-latency")
+
+
+@contextlib.contextmanager
+def small_filesystem(path, size_kib: int, read_only: bool = False, fill_from=None):
+    """A real tmpfs of `size_kib` at `path` (root only); yields False where mounting is not
+    permitted, so that the caller can fall back to a file-size limit."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs",
+                              str(path)], capture_output=True).returncode == 0
+    try:
+        if mounted and fill_from is not None:
+            shutil.copytree(fill_from, path, dirs_exist_ok=True)
+        if mounted and read_only:
+            subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def _file_size_limit(limit: int):
+    def set_limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return set_limit
+
+
+def _run_limited(limit: int, *args: str) -> subprocess.CompletedProcess:
+    """Like conftest.run, in a child whose files may not grow past `limit` bytes."""
+    env = {**os.environ, "FASHION_MNIST_DIR": str(DATA_DIR), "LENET5_NO_BOOTSTRAP": "1"}
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, text=True,
+                          capture_output=True, timeout=600, preexec_fn=_file_size_limit(limit))
+
+
+def _no_temporary_files(folder) -> None:
+    leftovers = [p for p in folder.rglob("*") if p.name.startswith(".") and p.name != ".lock"]
+    assert not leftovers, leftovers
+
+
+def test_a_full_disk_while_writing_the_report(quick_artifacts, tmp_path):
+    out = tmp_path / "small"
+    with small_filesystem(out, 16) as mounted:
+        if mounted:
+            proc = run("validate", str(quick_artifacts), "--quick", *FAST, "--output", str(out))
+            reason = "no space left on device"
+        else:
+            out.mkdir(exist_ok=True)
+            proc = _run_limited(16 * 1024, "validate", str(quick_artifacts), "--quick", *FAST,
+                                "--output", str(out))
+            reason = "file too large (a file-size limit)"
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert error_lines(proc) == [f"error: {out / 'report.json'}: cannot write it: {reason}"]
+        assert not (out / "report.json").exists()
+        _no_temporary_files(out)
+
+
+@pytest.mark.parametrize("framework,checkpoint", [("torch", "model.pt"), ("tf", "model.keras")])
+def test_a_full_disk_while_exporting(quick_artifacts, tmp_path, framework, checkpoint):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in (checkpoint, "history.json"):
+        shutil.copy(quick_artifacts / framework / name, src / name)
+    room = sum(p.stat().st_size for p in src.iterdir()) // 1024 + 96
+    artifacts = tmp_path / "art"
+    with small_filesystem(artifacts / framework, room, fill_from=src) as mounted:
+        if not mounted:
+            shutil.copytree(src, artifacts / framework, dirs_exist_ok=True)
+            proc = _run_limited(96 * 1024, "convert", "export", framework, "--artifacts",
+                                str(artifacts), "--native-latency", "later")
+            reason = "file too large (a file-size limit)"
+        else:
+            proc = run("convert", "export", framework, "--artifacts", str(artifacts),
+                       "--native-latency", "later")
+            reason = "no space left on device"
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        lines = error_lines(proc)
+        assert len(lines) == 1 and lines[0].startswith(f"error: {artifacts / framework}/")
+        assert lines[0].endswith(f": cannot write it: {reason}"), lines
+        assert not (artifacts / framework / "lenet5.onnx").exists()  # written last, never half
+        _no_temporary_files(artifacts / framework)
+
+
+def test_a_read_only_folder(quick_artifacts, tmp_path):
+    out = tmp_path / "ro"
+    with small_filesystem(out, 64, read_only=True) as mounted:
+        if not mounted:
+            if os.geteuid() == 0:
+                pytest.skip("root without mount: permission bits cannot make a folder read-only")
+            out.chmod(0o555)
+        proc = run("validate", str(quick_artifacts), "--quick", *FAST, "--output", str(out))
+        reason = "read-only file system" if mounted else "permission denied"
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert error_lines(proc) == [f"error: {out / 'report.json'}: cannot write it: {reason}"]
+
+
+def test_an_output_path_that_is_a_file(quick_artifacts, tmp_path):
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("x")
+    proc = run("validate", str(quick_artifacts), "--quick", *FAST, "--output", str(a_file))
+    assert proc.returncode == 2
+    assert error_lines(proc) == [f"error: {a_file}: cannot write report.json there: not a folder"]
+    proc = run("convert", "all", "--quick", "--artifacts", str(a_file))
+    assert proc.returncode == 2
+    assert error_lines(proc) == [f"error: {a_file}: not a folder"]
+    assert a_file.read_text() == "x"
+
+
+def test_two_runs_on_one_folder_take_turns(quick_artifacts, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(quick_artifacts, artifacts)  # trained already: each run exports + validates
+    env = {**os.environ, "FASHION_MNIST_DIR": str(DATA_DIR), "LENET5_NO_BOOTSTRAP": "1"}
+    cmd = [sys.executable, "-m", "convert", "all", "--quick", "--frameworks", "torch",
+           "--artifacts", str(artifacts), *FAST]
+    events: list[tuple[float, str, str]] = []
+
+    def follow(name: str, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            events.append((time.monotonic(), name, line.rstrip("\n")))
+        proc.wait()
+        events.append((time.monotonic(), name, "<exit>"))
+
+    first = subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
+    t1 = threading.Thread(target=follow, args=("first", first))
+    t1.start()
+    while not any(n == "first" and line.startswith("== plan") for _, n, line in events):
+        assert first.poll() is None, events
+        time.sleep(0.1)
+    second = subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+    t2 = threading.Thread(target=follow, args=("second", second))
+    t2.start()
+    t1.join(600)
+    t2.join(600)
+    assert first.returncode == 0 and second.returncode == 0, events
+    second_lines = [line for _, n, line in events if n == "second"]
+    assert any(line.startswith(f"== waiting: another `convert all` (pid {first.pid})")
+               for line in second_lines), second_lines
+    # The first prints its last line before it lets go of the folder; the second starts work
+    # only after that.
+    first_done = next(t for t, n, line in events
+                      if n == "first" and line.startswith("all stages done"))
+    second_work = next(t for t, n, line in events if n == "second" and line.startswith("== plan"))
+    assert second_work >= first_done

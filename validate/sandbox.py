@@ -1,0 +1,207 @@
+"""Containment for untrusted models: each model is loaded and run in a child process with a
+memory limit and a time limit, so that a model built to allocate tens of GB or to run for
+hours stops with one line instead of taking the machine (or the CI runner) down.
+
+- The child comes from a fork server that has already imported numpy, onnx and onnxruntime
+  (one start-up per validation, then a fork per model).
+- Memory: in the child, the address space is capped at its size at start plus the limit
+  while in-process runtimes run (an allocation past it fails at once); and a watchdog in the
+  parent sums the resident memory of the child and every process it started (Node.js, the
+  browser) and stops the whole tree when the sum passes the limit.
+- Time: the parent stops the whole tree when the model's validation outlives the limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import resource
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import psutil
+
+from convert.errors import ToolkitError
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one model's validation may use."""
+
+    memory_mb: int = 4096      # resident memory of the model's processes, beyond start-up
+    timeout_s: float = 1800.0  # wall time for the whole validation of one model
+
+    def __post_init__(self) -> None:
+        if self.memory_mb < 64:
+            raise ToolkitError(f"--max-memory must be at least 64 (MiB), got {self.memory_mb}")
+        if not self.timeout_s > 0:
+            raise ToolkitError(f"--timeout must be positive (seconds), got {self.timeout_s:g}")
+
+
+class LimitExceeded(ToolkitError):
+    """A model went past its memory or time limit (exit 2)."""
+
+
+class ChildCrashed(ToolkitError):
+    """The process running a model died from a signal (a runtime crashed on the file)."""
+
+
+# -- in the child --------------------------------------------------------------------------
+_AS_LIMIT: int | None = None
+
+
+def _vm_size() -> int:
+    return psutil.Process().memory_info().vms
+
+
+def set_address_space_limit(memory_mb: int) -> None:
+    """Cap this process's address space at its current size plus `memory_mb`."""
+    global _AS_LIMIT
+    _AS_LIMIT = _vm_size() + memory_mb * MiB
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        _AS_LIMIT = min(_AS_LIMIT, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (_AS_LIMIT, hard))
+
+
+@contextlib.contextmanager
+def address_space_unlimited():
+    """Lift the cap (soft limit back to the hard one) while processes that reserve large
+    address ranges (Node.js, WebAssembly, Chromium) are started and used; the parent's
+    resident-memory watchdog still bounds them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def memory_failure(text: str) -> bool:
+    """Does a runtime's error message say an allocation failed?"""
+    t = text.lower()
+    return any(s in t for s in ("bad_alloc", "failed to allocate", "memoryerror",
+                                "out of memory", "cannot allocate memory",
+                                "unable to allocate"))
+
+
+def _child(conn, memory_mb: int, fn: Callable, args: tuple) -> None:
+    """Child body: limit, run, send ("ok", value) | ("user", message) | ("crash", traceback)."""
+    try:
+        set_address_space_limit(memory_mb)
+        value = fn(*args)
+        message: tuple = ("ok", value)
+    except MemoryError:
+        message = ("memory", "")
+    except ToolkitError as exc:
+        message = ("user", str(exc))
+    except BaseException:  # noqa: BLE001 - a bug: the parent prints it and exits 3
+        message = ("crash", traceback.format_exc())
+    try:
+        conn.send(message)
+    except MemoryError:
+        conn.send(("memory", ""))
+    conn.close()
+
+
+# -- in the parent -------------------------------------------------------------------------
+_CTX = None
+
+
+def _context():
+    global _CTX
+    if _CTX is None:
+        _CTX = multiprocessing.get_context("forkserver")
+        _CTX.set_forkserver_preload(["validate.worker"])
+    return _CTX
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _rss(procs: list[psutil.Process]) -> int:
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
+
+
+def _kill(procs: list[psutil.Process]) -> None:
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(procs, timeout=5)
+
+
+def run_contained(fn: Callable, args: tuple, limits: Limits, label: str) -> Any:
+    """Run `fn(*args)` in a contained child and return its value.
+
+    Raises LimitExceeded (memory or time), ChildCrashed (a signal), the child's own
+    ToolkitError message as a ToolkitError, or RuntimeError with the child's traceback.
+    """
+    ctx = _context()
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child, args=(sender, limits.memory_mb, fn, args),
+                        name=f"validate {label}")
+    child.start()
+    sender.close()
+    start = time.monotonic()
+    baseline: int | None = None
+    message = None
+    try:
+        while True:
+            if receiver.poll(0.05):
+                try:
+                    message = receiver.recv()
+                except EOFError:
+                    message = None
+                break
+            if not child.is_alive():
+                break
+            procs = _tree(child.pid)
+            rss = _rss(procs)
+            baseline = rss if baseline is None else min(baseline, rss)
+            if rss - baseline > limits.memory_mb * MiB:
+                _kill(procs)
+                raise LimitExceeded(f"{label}: stopped: it needed more than the memory limit "
+                                    f"of {limits.memory_mb} MiB (--max-memory)")
+            if time.monotonic() - start > limits.timeout_s:
+                _kill(procs)
+                raise LimitExceeded(f"{label}: stopped: it ran longer than the time limit of "
+                                    f"{limits.timeout_s:g} s (--timeout)")
+    finally:
+        if child.is_alive() and message is None:
+            _kill(_tree(child.pid))
+        child.join(10)
+        receiver.close()
+    if message is None:
+        code = child.exitcode
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else -code
+            if -code == signal.SIGKILL:  # the kernel's OOM killer, most likely
+                raise LimitExceeded(f"{label}: killed ({name}) while running it; it probably "
+                                    "ran out of memory")
+            raise ChildCrashed(f"{label}: the runtime crashed on it ({name})")
+        raise ChildCrashed(f"{label}: the process validating it exited ({code}) without a "
+                           "result")
+    kind, value = message
+    if kind == "ok":
+        return value
+    if kind == "memory":
+        raise LimitExceeded(f"{label}: stopped: it needed more than the memory limit of "
+                            f"{limits.memory_mb} MiB (--max-memory)")
+    if kind == "user":
+        raise ToolkitError(value)
+    raise RuntimeError(f"validating {label} crashed in its child process:\n{value}")
+
