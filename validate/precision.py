@@ -1,0 +1,179 @@
+"""The INT8 and FP16 variants beside each FP32 model: accuracy gate, agreement, size, latency.
+
+Each variant (made by `python -m convert quantize`) runs on all 10,000 test images in
+onnxruntime's CPU execution provider and is compared with the FP32 model's probabilities.
+Gate: INT8 may lose at most 1.0 accuracy point, FP16 at most 0.1 (counted in images, so no
+rounding decides it). Latency of the FP32 model and both variants is measured here, side by
+side, with 1 intra-op thread. numpy + onnx + onnxruntime only.
+
+On an x86 CPU, onnxruntime has no float16 kernels for these operators: its optimiser folds
+the FP16 graph's casts into float32 weights, so the CPU figures measure float16 *storage*
+(weights rounded to float16), not float16 arithmetic; on CUDA it computes in float16.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from convert.errors import ArtifactError
+from convert.fileio import sha256_file
+from convert.onnx_utils import INPUT_NAME, REQUIRED_METADATA
+from validate.artifacts import load_onnx
+from validate.latency import TimingPlan, summarize
+from validate.runners.ort import CPU, CpuRunner
+
+PRECISIONS = ("int8", "fp16")
+MAX_DROP_POINTS = {"int8": 1.0, "fp16": 0.1}  # accuracy points the variant may lose vs FP32
+THREADS = 1             # onnxruntime intra-op threads for every timing here
+LATENCY_BATCHES = (1, 256)
+NAMES = {"torch": "PyTorch", "tf": "TensorFlow"}
+
+
+def variant_file(precision: str) -> str:
+    """The file name of a precision variant (what `convert quantize` writes)."""
+    return "lenet5.onnx" if precision == "fp32" else f"lenet5.{precision}.onnx"
+
+
+def has_variants(folder: Path) -> bool:
+    """Has `convert quantize` written any variant into `folder`?"""
+    return any((folder / variant_file(p)).is_file() for p in PRECISIONS)
+
+
+def _latency(path: Path, images: np.ndarray, plan: TimingPlan) -> list[dict]:
+    rows = []
+    with CpuRunner(path, threads=THREADS) as runner:
+        for batch in LATENCY_BATCHES:
+            feeds = {INPUT_NAME: np.ascontiguousarray(images[:batch])}
+            times = runner.timings(feeds, plan)
+            rows.append(asdict(summarize(times, runtime="onnxruntime", provider=CPU,
+                                         batch_size=batch, threads=THREADS)))
+    return rows
+
+
+def _load_variant(folder: Path, precision: str, source_sha256: str) -> tuple[Path, dict]:
+    """The variant's path and metadata, after the I/O contract and provenance checks."""
+    path = folder / variant_file(precision)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing; run `python -m convert quantize` first")
+    meta = {p.key: p.value for p in load_onnx(path).metadata_props}
+    if meta.get("precision") != precision:
+        raise ArtifactError(f"{path}: metadata says precision {meta.get('precision')!r}, "
+                            f"expected {precision!r}")
+    if meta.get("source_sha256") != source_sha256:
+        raise ArtifactError(f"{path}: made from another {folder / 'lenet5.onnx'} (stale); run "
+                            "`python -m convert quantize` again")
+    return path, meta
+
+
+def evaluate(folder: Path, test_images: np.ndarray, labels: np.ndarray,
+             fp32_probabilities: np.ndarray, quick: bool) -> dict:
+    """Accuracy, gate, agreement, max |diff|, size and latency of each variant in `folder`."""
+    fp32_path = folder / variant_file("fp32")
+    labels = np.asarray(labels)
+    n = len(labels)
+    fp32_pred = np.asarray(fp32_probabilities).argmax(1)
+    fp32_correct = int((fp32_pred == labels).sum())
+    plan = TimingPlan.for_run(quick)
+    variants = {p: _load_variant(folder, p, sha256_file(fp32_path)) for p in PRECISIONS}
+    result: dict = {"passed": True, "threads": THREADS, "images": n, "fp32": {
+        "file": fp32_path.name, "bytes": fp32_path.stat().st_size,
+        "accuracy": fp32_correct / n, "latency": _latency(fp32_path, test_images, plan)}}
+    for precision, (path, meta) in variants.items():
+        with CpuRunner(path, threads=THREADS) as runner:
+            probs = runner.probabilities(test_images)
+        pred = probs.argmax(1)
+        correct = int((pred == labels).sum())
+        finite = bool(np.isfinite(probs).all())
+        # The gate in whole images: losing k of n images is k * 100 / n points.
+        lost = fp32_correct - correct
+        allowed = int(np.floor(MAX_DROP_POINTS[precision] * n / 100 + 1e-9))
+        missing = [k for k in (*REQUIRED_METADATA, "precision") if k not in meta]
+        entry = {
+            "file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path),
+            "converter": meta.get("precision_converter"),
+            "accuracy": correct / n,
+            "delta_points": round((correct - fp32_correct) * 100 / n, 4),
+            "max_drop_points": MAX_DROP_POINTS[precision],
+            "top1_agreement": float((pred == fp32_pred).mean()),
+            "disagreements": int((pred != fp32_pred).sum()),
+            "max_abs_diff": float(np.abs(probs - fp32_probabilities).max()) if finite else None,
+            "finite": finite,
+            "missing_metadata": missing,
+            "latency": _latency(path, test_images, plan),
+        }
+        if "calibration" in meta:
+            entry["calibration"] = json.loads(meta["calibration"])
+        entry["passed"] = bool(lost <= allowed and finite and not missing)
+        result[precision] = entry
+        result["passed"] = result["passed"] and entry["passed"]
+    return result
+
+
+def failures(framework: str, result: dict) -> list[str]:
+    """One line per failed gate, naming the model, the precision and the figures."""
+    lines = []
+    fp32 = result["fp32"]["accuracy"]
+    for precision in PRECISIONS:
+        e = result.get(precision)
+        if not e or e["passed"]:
+            continue
+        what = f"{framework} {precision.upper()} ({e['file']})"
+        if not e["finite"]:
+            lines.append(f"precision gate failed: {what}: non-finite probabilities")
+        elif e["missing_metadata"]:
+            lines.append(f"precision gate failed: {what}: metadata_props missing "
+                         f"{e['missing_metadata']}")
+        else:
+            lines.append(
+                f"precision gate failed: {what}: accuracy {e['accuracy']:.4f} vs FP32 "
+                f"{fp32:.4f} ({e['delta_points']:+.2f} points; at most "
+                f"{e['max_drop_points']:g} may be lost), top-1 agreement "
+                f"{e['top1_agreement']:.2%}")
+    return lines
+
+
+def _p50(entry: dict, batch: int) -> str:
+    row = next((r for r in entry["latency"] if r["batch_size"] == batch), None)
+    return "n/a" if row is None else f"{row['p50_ms']:.3f} ms"
+
+
+def markdown(results: dict[str, dict]) -> list[str]:
+    """The report's section: one table, every model at every precision."""
+    calibration = next((r["int8"]["calibration"] for r in results.values()
+                        if "calibration" in r.get("int8", {})), None)
+    cal = (f"{calibration['images']} training images ({calibration['selection']})"
+           if calibration else "training images")
+    threads = next(iter(results.values()))["threads"] if results else THREADS
+    lines = ["## Quantized and half-precision models", "",
+             f"INT8: onnxruntime static quantization (QDQ, per-channel int8 weights, uint8 "
+             f"activations, MinMax) calibrated on {cal}, never test images. FP16: "
+             "onnxconverter-common, float16 weights and activations, float32 input and "
+             "output. All on the 10,000 test images in onnxruntime CPU; gate: INT8 loses at "
+             f"most {MAX_DROP_POINTS['int8']:g} accuracy point, FP16 at most "
+             f"{MAX_DROP_POINTS['fp16']:g}. Latency p50 with {threads} intra-op thread. On an "
+             "x86 CPU onnxruntime runs the FP16 graph in float32 with float16-rounded weights "
+             "(no float16 kernels there).", "",
+             "| model | precision | file | accuracy | Δ vs FP32 | top-1 agreement with FP32 | "
+             "max abs diff vs FP32 | latency b1 | latency b256 | gate |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for fw, r in results.items():
+        f = r["fp32"]
+        lines.append(f"| {NAMES.get(fw, fw)} | FP32 | {f['bytes'] / 1024:.0f} KiB | "
+                     f"{f['accuracy']:.4f} | | | | {_p50(f, 1)} | {_p50(f, 256)} | |")
+        for precision in PRECISIONS:
+            e = r.get(precision)
+            if not e:
+                continue
+            diff = "n/a" if e["max_abs_diff"] is None else f"{e['max_abs_diff']:.2e}"
+            gate = (f"{'PASS' if e['passed'] else 'FAIL'} (≤ {e['max_drop_points']:g} point"
+                    f"{'s' * (e['max_drop_points'] != 1)} lost)")
+            lines.append(
+                f"| {NAMES.get(fw, fw)} | {precision.upper()} | {e['bytes'] / 1024:.0f} KiB | "
+                f"{e['accuracy']:.4f} | {e['delta_points']:+.2f} points | "
+                f"{e['top1_agreement']:.2%} ({e['disagreements']} differ) | {diff} | "
+                f"{_p50(e, 1)} | {_p50(e, 256)} | {gate} |")
+    return lines
