@@ -15,7 +15,8 @@ import tensorflow as tf  # noqa: E402
 import tf2onnx  # noqa: E402
 
 from convert import native, onnx_utils  # noqa: E402
-from train.keras_lenet import load_model, predict  # noqa: E402
+from train.keras_lenet import load_model, nhwc, predict  # noqa: E402
+from validate import layers as layer_map  # noqa: E402
 from validate.latency import measure  # noqa: E402
 
 INPUT_SIGNATURE = [tf.TensorSpec([None, 1, 28, 28], tf.float32, name=onnx_utils.INPUT_NAME)]
@@ -40,7 +41,48 @@ def to_onnx(model, history: dict):
                                              opset=onnx_utils.OPSET)
     meta = onnx_utils.metadata(history, "tensorflow", f"{tf.__version__} (keras {keras.__version__})",
                                "tf2onnx", tf2onnx.__version__)
-    return onnx_utils.apply_contract(proto, meta)
+    proto = onnx_utils.apply_contract(proto, meta)
+    layer_map.attach_layer_map(proto, native_layout="NHWC")
+    return proto
+
+
+def layer_outputs(model, images) -> dict:
+    """Native output of every layer of the layer map (validate.layers), NHWC, for NCHW images.
+
+    The Sequential model's layers are called in turn: Conv2D -> conv<i> (its ReLU included),
+    pooling -> pool<i>, Flatten -> flatten, Dense -> fc<j>. Where the last Dense applies softmax
+    itself (the seed's model), its logits are computed with TF ops from its input, kernel and
+    bias; the model's output is the probabilities.
+    """
+    import keras
+
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    fused = dense[-1].activation is keras.activations.softmax
+    outputs, conv, fc = {}, 0, 0
+    x = tf.constant(nhwc(images))
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Softmax):  # a separate softmax (the twins' models)
+            x = layer(x)
+            continue
+        if isinstance(layer, keras.layers.Conv2D):
+            conv += 1
+            name = f"conv{conv}"
+        elif isinstance(layer, (keras.layers.AveragePooling2D, keras.layers.MaxPooling2D)):
+            name = f"pool{conv}"
+        elif isinstance(layer, keras.layers.Flatten):
+            name = "flatten"
+        elif isinstance(layer, keras.layers.Dense):
+            fc += 1
+            name = f"fc{fc}"
+        else:
+            raise TypeError(f"layer_outputs: unexpected layer {layer.name} ({type(layer)})")
+        if layer is dense[-1] and fused:
+            outputs[name] = tf.matmul(x, layer.kernel) + layer.bias  # logits, before softmax
+        x = layer(x)
+        if not (layer is dense[-1] and fused):
+            outputs[name] = x
+    outputs["probabilities"] = x
+    return {name: value.numpy() for name, value in outputs.items()}
 
 
 def native_latency(artifacts: Path, data_dir: str | None, threads: int,
@@ -63,6 +105,8 @@ def export(artifacts: Path, data_dir: str | None = None, quick: bool = False) ->
     """Write lenet5.onnx, reference.npz and test_data_set_0/ under ARTIFACTS/tf."""
     folder = artifacts / "tf"
     model = load_model(folder / "model.keras")
+    from convert.twin_tf import write_weights  # weights.npz, read by the other side's twin
+    write_weights(model, folder)
     onnx_model = to_onnx(model, native.read_history(folder))
     return native.write_export(artifacts, "tf", onnx_model, lambda x: predict(model, x),
-                               data_dir, quick)
+                               data_dir, quick, lambda x: layer_outputs(model, x))

@@ -15,6 +15,7 @@ from torch import nn
 
 from convert import native, onnx_utils
 from train.torch_lenet import load_model, predict
+from validate import layers as layer_map
 from validate.latency import measure
 
 
@@ -40,7 +41,49 @@ def to_onnx(model: nn.Module, history: dict):
             dynamic_shapes=({0: torch.export.Dim(onnx_utils.BATCH_DIM)},), verbose=False)
     meta = onnx_utils.metadata(history, "torch", torch.__version__, "torch.onnx (dynamo)",
                                torch.__version__)
-    return onnx_utils.apply_contract(program.model_proto, meta)
+    proto = onnx_utils.apply_contract(program.model_proto, meta)
+    layer_map.attach_layer_map(proto, native_layout="NCHW")
+    return proto
+
+
+def layer_outputs(model: nn.Module, images) -> dict:
+    """Native output of every layer of the layer map (validate.layers), NCHW, for NCHW images.
+
+    Names follow the leaf modules in order: Conv2d -> conv<i> (after its ReLU), pooling ->
+    pool<i>, Flatten -> flatten, Linear -> fc<j> (after its ReLU; the last one, logits, has
+    none); then probabilities = softmax(logits), as WithSoftmax computes them.
+    """
+    outputs: dict[str, torch.Tensor] = {}
+    hooks, conv, fc, current = [], 0, 0, None
+    for module in model.modules():
+        if list(module.children()):
+            continue
+        if isinstance(module, nn.Conv2d):
+            conv += 1
+            current = f"conv{conv}"
+        elif isinstance(module, nn.Linear):
+            fc += 1
+            current = f"fc{fc}"
+        elif isinstance(module, (nn.AvgPool2d, nn.MaxPool2d)):
+            current = f"pool{conv}"
+        elif isinstance(module, nn.Flatten):
+            current = "flatten"
+        elif not isinstance(module, nn.ReLU):  # a ReLU's output replaces its layer's
+            raise TypeError(f"layer_outputs: unexpected module {module!r}")
+
+        def keep(_module, _inputs, output, name=current):
+            outputs[name] = output.detach().clone()
+
+        hooks.append(module.register_forward_hook(keep))
+    try:
+        with torch.inference_mode():
+            logits = model.eval()(torch.from_numpy(images))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    outputs[f"fc{fc}"] = logits
+    outputs["probabilities"] = torch.softmax(logits, dim=1)
+    return {name: value.numpy() for name, value in outputs.items()}
 
 
 def native_latency(artifacts: Path, data_dir: str | None, threads: int,
@@ -64,6 +107,8 @@ def export(artifacts: Path, data_dir: str | None = None, quick: bool = False) ->
     """Write lenet5.onnx, reference.npz and test_data_set_0/ under ARTIFACTS/torch."""
     folder = artifacts / "torch"
     model = load_model(folder / "model.pt")
+    from convert.twin_torch import write_weights  # weights.npz, read by the other side's twin
+    write_weights(model, folder)
     onnx_model = to_onnx(model, native.read_history(folder))
     return native.write_export(artifacts, "torch", onnx_model, lambda x: predict(model, x),
-                               data_dir, quick)
+                               data_dir, quick, lambda x: layer_outputs(model, x))

@@ -21,6 +21,7 @@ INPUT_SHAPE = (BATCH_DIM, 1, 28, 28)
 OUTPUT_SHAPE = (BATCH_DIM, 10)
 PREPROCESSING = "float32 pixel / 255 in [0, 1], grayscale 28x28, no mean/std normalisation"
 LAYOUT = "NCHW"
+LAYER_MAP_KEY = "layer_map"  # metadata_props: JSON layer map (validate.layers) for diagnosis
 REQUIRED_METADATA = (
     "class_names", "preprocessing", "layout", "source_framework", "source_framework_version",
     "exporter", "exporter_version", "recipe", "test_accuracy", "dataset_sha256",
@@ -121,6 +122,15 @@ def apply_contract(model: onnx.ModelProto, meta: dict[str, str]) -> onnx.ModelPr
     model.doc_string = "LeNet-5 on Fashion-MNIST; see metadata_props for the I/O contract."
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    """Set one metadata_props entry, keeping the entries sorted by key (deterministic bytes)."""
+    props = {p.key: p.value for p in model.metadata_props}
+    props[key] = value
+    del model.metadata_props[:]
+    for k in sorted(props):
+        model.metadata_props.add(key=k, value=props[k])
 
 
 def save(model: onnx.ModelProto, path: Path) -> None:

@@ -34,7 +34,7 @@ def test_onnxruntime_matches_the_native_reference(quick_artifacts, data_dir, fra
     assert np.array_equal(labels, test_labels)
     assert np.allclose(reference.sum(1), 1, atol=1e-5)  # probabilities, not logits
     with OnnxRunner(folder / "lenet5.onnx") as runner:
-        probs = runner.run(data.to_float(test_images))
+        probs = runner.probabilities(data.to_float(test_images))
     assert np.abs(probs - reference).max() <= 1e-5
     assert np.array_equal(probs.argmax(1), reference.argmax(1))
 
