@@ -22,6 +22,7 @@ VENV = ROOT / ".venv"
 STAMP = VENV / ".lenet5-installed"  # sha256 of the pyproject.toml last installed
 JS_DIR = ROOT / "validate" / "js"
 JS_STAMP = JS_DIR / "node_modules" / ".lenet5-installed"  # sha256 of package-lock.json installed
+ONNX2TF = "onnx2tf==1.29.24"  # installed with --no-deps (see _install)
 MODULES = ("numpy", "onnx", "onnxruntime", "onnxscript", "torch", "torchvision", "tensorflow",
            "tf2onnx", "pytest", "psutil", "playwright", "onnxconverter_common", "onnx2torch")
 
@@ -31,7 +32,7 @@ def _venv_python() -> Path:
 
 
 def _wanted() -> str:
-    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + ONNX2TF.encode()).hexdigest()
 
 
 def _installed() -> bool:
@@ -47,6 +48,12 @@ def _install(python: Path) -> None:
         print(f"error: {ROOT / 'pyproject.toml'}: installing the dependencies failed "
               "(pip's output above says why)", file=sys.stderr)
         sys.exit(2)
+    # onnx2tf's own pins would downgrade tensorflow (2.21 -> 2.19): installed without them;
+    # what it imports is in pyproject.toml. Without it, the onnx2tf rows say "unavailable".
+    if subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check",
+                       "--progress-bar", "off", "--no-deps", ONNX2TF]).returncode:
+        print(f"bootstrap: {ONNX2TF} did not install; the onnx2tf round trips will be reported "
+              "unavailable", file=sys.stderr)
     STAMP.write_text(_wanted() + "\n")
 
 

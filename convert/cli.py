@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from convert.errors import ToolkitError, cli_call
-from train.__main__ import add_recipe_args
+from convert.errors import ArtifactError, ToolkitError, cli_call
+from train.__main__ import add_recipe_args, add_threads_arg
 from train.recipe import FRAMEWORKS, Recipe
 
 QUICK_LIMIT = 6000  # images in the --quick run's one epoch
@@ -27,6 +27,7 @@ def parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("all", help="data check, train + export both frameworks, validate")
     add_recipe_args(a)
+    add_threads_arg(a)
     a.set_defaults(epochs=None)  # 30, or 1 with --quick
     a.add_argument("--frameworks", type=frameworks_arg, default=FRAMEWORKS,
                    help="comma-separated subset of torch,tf (default both)")
@@ -35,28 +36,85 @@ def parser() -> argparse.ArgumentParser:
                         "(smoke runs, CI)")
     a.add_argument("--force", action="store_true",
                    help="train again even if a model for the same recipe is present")
+    a.add_argument("--jobs", type=int, default=None,
+                   help="framework lanes run at once (default: one per framework, at most "
+                        "one per core); --jobs 1 runs them one after the other")
     add_validate_args(a, positional=False)
 
     t = sub.add_parser("train", help="train one framework (python -m train)")
     t.add_argument("framework", choices=FRAMEWORKS)
     add_recipe_args(t)
+    add_threads_arg(t)
 
     e = sub.add_parser("export", help="export one trained model to ONNX, with references")
     e.add_argument("framework", choices=FRAMEWORKS)
     e.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     e.add_argument("--data-dir", default=None)
     e.add_argument("--quick", action="store_true", help="light native latency runs")
+    e.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads for the native model (default: all cores)")
+    e.add_argument("--native-latency", choices=("now", "later", "only"), default="now",
+                   help="time the native model now (default), later (leave it to a run with "
+                        "'only', which measures it and updates reference.npz)")
     e.add_argument("--native-latency-threads", type=int, default=None, help=argparse.SUPPRESS)
+
+    w = sub.add_parser("twins", help="same weights in the other framework, and every "
+                       "lenet5.onnx back into a framework (everything that needs FRAMEWORK)")
+    w.add_argument("framework", choices=FRAMEWORKS,
+                   help="torch: PyTorch twin of the Keras model, onnx2torch round trips; tf: "
+                        "Keras twin of the PyTorch model, onnx2tf + TFLite round trips")
+    w.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    w.add_argument("--data-dir", default=None)
+    w.add_argument("--quick", action="store_true",
+                   help="accepted for symmetry: every conversion runs on all 10,000 test "
+                        "images either way (the stage takes seconds)")
+    w.add_argument("--roundtrip-child", action="store_true", help=argparse.SUPPRESS)
 
     v = sub.add_parser("validate", help="validate the ONNX models (python -m validate)")
     add_validate_args(v, positional=True)
+
+    q = sub.add_parser("quantize", help="INT8 and FP16 variants of each exported ONNX model")
+    q.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    q.add_argument("--frameworks", type=frameworks_arg, default=FRAMEWORKS,
+                   help="comma-separated subset of torch,tf (default both)")
+    q.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (training images "
+                   "for INT8 calibration)")
 
     s = sub.add_parser("test", help="run the test suite (pytest; arguments passed on)")
     s.add_argument("pytest_args", nargs=argparse.REMAINDER)
     return p
 
 
+def _framework(framework: str) -> None:
+    """Import the framework (TensorFlow without its start-up chatter on stderr)."""
+    if framework == "tf":
+        from convert.quiet import import_tensorflow
+
+        import_tensorflow()
+
+
+def _check_export_inputs(args: argparse.Namespace) -> None:
+    """What an export reads, checked before a framework is imported (seconds saved, and the
+    one-line error comes first)."""
+    from convert import native
+    from convert.pipeline import CHECKPOINTS
+    from train import data
+
+    folder = args.artifacts / args.framework
+    checkpoint = folder / CHECKPOINTS[args.framework]
+    if not checkpoint.is_file():
+        raise ArtifactError(f"{checkpoint}: missing; run `python -m convert train "
+                            f"{args.framework}` first")
+    native.read_history(folder)
+    if args.threads is not None and args.threads < 1:
+        raise ToolkitError(f"--threads must be at least 1, got {args.threads}")
+    args.data_dir = str(data.ensure_files(args.data_dir))
+
+
 def _export(args: argparse.Namespace) -> int:
+    if args.native_latency_threads is None:
+        _check_export_inputs(args)
+    _framework(args.framework)
     if args.framework == "torch":
         from convert import export_torch as side
     else:
@@ -65,9 +123,50 @@ def _export(args: argparse.Namespace) -> int:
         print(json.dumps(side.native_latency(args.artifacts, args.data_dir,
                                              args.native_latency_threads, args.quick)))
         return 0
+    if args.threads is not None:
+        set_threads(args.framework, args.threads)
+    if args.native_latency == "only":  # measured alone on the machine, after the exports
+        from convert.native import update_native_latency
+
+        path = update_native_latency(args.framework, args.artifacts, args.data_dir, args.quick)
+        print(f"[{args.framework}] native latency measured; updated {path}", flush=True)
+        return 0
+    if args.native_latency == "later":
+        from convert import native
+
+        native.DEFER_LATENCY = True
     print(f"[{args.framework}] exporting {args.artifacts / args.framework} to ONNX", flush=True)
     path = side.export(args.artifacts, args.data_dir, args.quick)
     print(f"[{args.framework}] wrote {path}, reference.npz and test_data_set_0/", flush=True)
+    return 0
+
+
+def set_threads(framework: str, threads: int) -> None:
+    """Pin the framework's intra-op threads (inter-op 1) before it runs any op."""
+    if threads < 1:
+        raise ToolkitError(f"--threads must be at least 1, got {threads}")
+    if framework == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    else:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def _twins(args: argparse.Namespace) -> int:
+    _framework(args.framework)
+    if args.framework == "torch":
+        from convert import twin_torch as side
+    else:
+        from convert import twin_tf as side
+    if args.roundtrip_child:  # twin_tf's onnx2tf child (onnx2tf switches tf.keras globally)
+        return side.roundtrip_child(args.artifacts, args.data_dir)
+    times = side.run(args.artifacts, args.data_dir, args.quick)
+    print(f"[{args.framework}] twins done: "
+          + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in times.items()), flush=True)
     return 0
 
 
@@ -88,26 +187,38 @@ def run(args: argparse.Namespace) -> int:
 
         recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                         limit=args.limit)
-        train_run(args.framework, recipe, args.data_dir, args.artifacts)
+        train_run(args.framework, recipe, args.data_dir, args.artifacts, threads=args.threads)
         return 0
     if args.command == "export":
         return _export(args)
+    if args.command == "twins":
+        return _twins(args)
     if args.command == "validate":
         from validate.__main__ import run_validate
 
         return run_validate(args)
     if args.command == "test":
         return _test(args)
+    if args.command == "quantize":
+        from convert.quantize import quantize
+
+        for fw, paths in quantize(args.artifacts, args.frameworks, args.data_dir).items():
+            print(f"[{fw}] wrote " + " and ".join(
+                f"{p} ({p.stat().st_size / 1024:.0f} KiB)" for p in paths.values()), flush=True)
+        return 0
     from convert.pipeline import run_all
-    from validate.__main__ import tolerances
+    from validate.__main__ import limits, options
 
     quick_or_full = (1, QUICK_LIMIT) if args.quick else (Recipe().epochs, None)
     recipe = Recipe(epochs=args.epochs if args.epochs is not None else quick_or_full[0],
                     batch_size=args.batch_size, seed=args.seed,
                     limit=args.limit if args.limit is not None else quick_or_full[1])
+    if args.jobs is not None and args.jobs < 1:
+        raise ToolkitError(f"--jobs must be at least 1, got {args.jobs}")
     return run_all(frameworks=args.frameworks, recipe=recipe, data_dir=args.data_dir,
                    artifacts=args.artifacts, force=args.force, quick=args.quick,
-                   tolerances=tolerances(args))
+                   options=options(args, args.quick, args.data_dir), limits=limits(args),
+                   summary=args.summary, jobs=args.jobs, threads=args.threads)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,21 +1,35 @@
-"""`python -m convert all`: data, then train and export per framework in its own process,
-then validation (framework-free, in this process)."""
+"""`python -m convert all`: data, then per framework train and export in processes of their own
+(the two frameworks side by side, the cores divided between them), then the cross-framework
+and quantization stages, then validation (framework-free, in contained child processes).
+
+Every stage is `python -m convert …` in a fresh process: the pipeline orchestrates, it never
+imports a framework. One run at a time per artifacts folder (a lock file).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import json
+import os
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from convert.fileio import sha256_file
+from convert.errors import CRASH_STATUS, ArtifactError
+from convert.fileio import refresh_sha256sums, sha256_file
 from train import data
 from train.recipe import Recipe
-from validate.parity import Tolerances
+from validate.sandbox import Limits
+from validate.worker import Options
 
 CHECKPOINTS = {"torch": "model.pt", "tf": "model.keras"}
+LOCK_NAME = ".lock"
+WEB_FILES = ("*", "ort/*", "models/*")  # the web demo's files, for its SHA256SUMS
 
 
 def already_trained(folder: Path, framework: str, recipe: Recipe) -> bool:
@@ -25,49 +39,259 @@ def already_trained(folder: Path, framework: str, recipe: Recipe) -> bool:
     except (OSError, ValueError):
         return False
     checkpoint = folder / CHECKPOINTS[framework]
-    return (checkpoint.is_file()
+    return (isinstance(history, dict) and checkpoint.is_file()
             and history.get("recipe") == asdict(recipe)
             and history.get("dataset_sha256") == data.DATASET_SHA256
             and history.get("checkpoint_sha256") == sha256_file(checkpoint))
 
 
-def _stage(label: str, args: list[str]) -> None:
-    """Run `python -m convert ...` in a fresh process, streaming its output."""
-    print(f"\n== {label}", flush=True)
-    start = time.perf_counter()
-    rc = subprocess.run([sys.executable, "-m", "convert", *args]).returncode
-    if rc == 2:  # bad input: the stage has printed its one line; add nothing to it
-        sys.exit(2)
-    if rc:
-        print(f"error: stage '{label}' crashed (exit status {rc}); see its output above",
-              file=sys.stderr)
-        sys.exit(3)
-    print(f"== {label}: done in {time.perf_counter() - start:.1f} s", flush=True)
+@dataclass(frozen=True)
+class Stage:
+    """One `python -m convert ARGS` process."""
+
+    label: str             # "train torch"
+    args: tuple[str, ...]  # arguments after `python -m convert`
+    prefix: str = ""       # "[torch] " on lines that do not already name their framework
+
+
+@dataclass
+class StageResult:
+    """How a stage ended."""
+
+    label: str
+    status: int | None = None  # exit status; None = not run (skipped or stopped)
+    seconds: float = 0.0
+    note: str = ""
+
+
+class StageRunner:
+    """Runs stages, alone or side by side, with prefixed output and a common stop."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.results: list[StageResult] = []
+        self.procs: set[subprocess.Popen] = set()
+
+    def _copy(self, stream, sink, prefix: str) -> None:
+        for line in stream:
+            if prefix and not line.startswith(prefix.rstrip(" ")):
+                line = prefix + line
+            with self.lock:
+                sink.write(line)
+                sink.flush()
+
+    def run(self, stage: Stage) -> StageResult:
+        """Run one stage to its end (or until another stage fails); return its result."""
+        result = StageResult(stage.label)
+        with self.lock:
+            self.results.append(result)
+            if self.stop.is_set():
+                result.note = "not started (another stage failed)"
+                return result
+            print(f"\n== {stage.label}", flush=True)
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "convert", *stage.args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                bufsize=1, errors="replace")
+        with self.lock:
+            self.procs.add(proc)
+        copiers = [threading.Thread(target=self._copy, args=(proc.stdout, sys.stdout,
+                                                            stage.prefix), daemon=True),
+                   threading.Thread(target=self._copy, args=(proc.stderr, sys.stderr,
+                                                            stage.prefix), daemon=True)]
+        for t in copiers:
+            t.start()
+        while proc.poll() is None:
+            if self.stop.wait(0.2) and proc.poll() is None:
+                proc.terminate()  # every file is written atomically: stopping loses nothing
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                result.note = "stopped (another stage failed)"
+        for t in copiers:
+            t.join()
+        with self.lock:
+            self.procs.discard(proc)
+        result.seconds = time.perf_counter() - start
+        if result.note:
+            return result
+        result.status = proc.returncode
+        if proc.returncode:
+            self.stop.set()
+        else:
+            with self.lock:
+                print(f"== {stage.label}: done in {result.seconds:.1f} s", flush=True)
+        return result
+
+    def lanes(self, lanes: list[list[Stage]], jobs: int) -> None:
+        """Run each lane's stages in order; up to `jobs` lanes at once."""
+        if jobs <= 1 or len(lanes) <= 1:
+            for lane in lanes:
+                for stage in lane:
+                    if self.run(stage).status:
+                        return
+            return
+        threads = [threading.Thread(target=self._lane, args=(lane,)) for lane in lanes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def _lane(self, lane: list[Stage]) -> None:
+        for stage in lane:
+            result = self.run(stage)
+            if result.status or result.note:
+                return
+
+    def failed(self) -> StageResult | None:
+        """The first stage that failed (not the ones stopped because of it)."""
+        return next((r for r in self.results if r.status), None)
+
+
+def cores() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def plan_threads(frameworks: tuple[str, ...], jobs: int | None,
+                 threads: int | None) -> tuple[int, int]:
+    """(lanes at once, intra-op threads per stage): the cores divided between the lanes."""
+    n = cores()
+    if jobs is None:
+        jobs = min(len(frameworks), n)
+    jobs = max(1, min(jobs, len(frameworks)))
+    if threads is None:
+        threads = max(1, n // jobs)
+    return jobs, threads
+
+
+@contextlib.contextmanager
+def artifacts_lock(artifacts: Path):
+    """One `convert all` per artifacts folder: a second one waits for the first."""
+    try:
+        artifacts.mkdir(parents=True, exist_ok=True)
+        handle = open(artifacts / LOCK_NAME, "a+")
+    except (FileExistsError, NotADirectoryError):
+        raise ArtifactError(f"{artifacts}: not a folder") from None
+    except OSError as exc:
+        raise ArtifactError(f"{artifacts}: cannot use it as the artifacts folder "
+                            f"({exc.strerror})") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            print(f"== waiting: another `convert all` ({holder}) is using {artifacts}",
+                  flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _web_demo(artifacts: Path, frameworks: tuple[str, ...], data_folder: Path) -> None:
+    """ARTIFACTS/web/: the browser deployment example (onnxruntime-web), with its SHA256SUMS."""
+    from validate.runners import RunnerUnavailable
+    from validate.runners.browser import write_web_demo
+
+    images, labels = data.load_test(data_folder)
+    try:
+        web = write_web_demo(artifacts, {fw: artifacts / fw / "lenet5.onnx" for fw in frameworks},
+                             images, labels)
+    except RunnerUnavailable as exc:
+        print(f"\n== web demo: not written ({exc})", flush=True)
+        return
+    refresh_sha256sums(web, WEB_FILES)
+    print(f"\n== web demo: {web} (serve with `python3 -m http.server 8000 --bind 127.0.0.1 -d "
+          f"{artifacts}`, open http://127.0.0.1:8000/web/)", flush=True)
+
+
+def _summary(runner: StageRunner, total: float) -> None:
+    print("\nstages (wall time):")
+    for r in runner.results:
+        state = f"{r.seconds:7.1f} s" if r.status == 0 else (r.note or f"exit {r.status}")
+        print(f"  {r.label:<24} {state}")
+    print(f"  {'total':<24} {total:7.1f} s", flush=True)
 
 
 def run_all(frameworks: tuple[str, ...], recipe: Recipe, data_dir: str | None,
-            artifacts: Path, force: bool, quick: bool, tolerances: Tolerances) -> int:
-    """The whole job; returns the exit status (0 parity passed, 1 failed, 2 bad input)."""
+            artifacts: Path, force: bool, quick: bool, options: Options, limits: Limits,
+            summary: Path | None = None, jobs: int | None = None,
+            threads: int | None = None) -> int:
+    """The whole job; returns the exit status (0 passed, 1 failed, 2 bad input, 3 crash)."""
     from validate.__main__ import validate_and_report
 
     start = time.perf_counter()
     print("== data: checking the four Fashion-MNIST files", flush=True)
     folder = data.ensure_files(data_dir)
     print(f"== data: verified (sha256) in {folder}", flush=True)
-    common = ["--artifacts", str(artifacts), "--data-dir", str(folder)]
-    recipe_args = ["--epochs", str(recipe.epochs), "--batch-size", str(recipe.batch_size),
-                   "--seed", str(recipe.seed)]
-    if recipe.limit:
-        recipe_args += ["--limit", str(recipe.limit)]
-    for fw in frameworks:
-        if not force and already_trained(artifacts / fw, fw, recipe):
-            print(f"\n== train {fw}: skipped, {artifacts / fw} holds a model trained with this "
-                  "recipe (--force trains again)", flush=True)
-        else:
-            _stage(f"train {fw}", ["train", fw, *recipe_args, *common])
-        _stage(f"export {fw}", ["export", fw, *common, *(["--quick"] if quick else [])])
-    print("\n== validate: onnxruntime only", flush=True)
-    status, _ = validate_and_report(artifacts, frameworks, tolerances, quick, str(folder))
-    print(f"\nall stages done in {time.perf_counter() - start:.0f} s; parity "
-          f"{'PASSED' if status == 0 else 'FAILED'}")
-    return status
+    with artifacts_lock(artifacts):
+        jobs, threads = plan_threads(frameworks, jobs, threads)
+        print(f"== plan: {len(frameworks)} framework lane(s), {jobs} at once, {threads} "
+              f"intra-op thread(s) per stage ({cores()} cores)", flush=True)
+        common = ("--artifacts", str(artifacts), "--data-dir", str(folder))
+        recipe_args = ("--epochs", str(recipe.epochs), "--batch-size", str(recipe.batch_size),
+                       "--seed", str(recipe.seed), "--threads", str(threads))
+        if recipe.limit:
+            recipe_args += ("--limit", str(recipe.limit))
+        quick_arg = ("--quick",) if quick else ()
+        runner = StageRunner()
+        lanes = []
+        for fw in frameworks:
+            lane = []
+            if not force and already_trained(artifacts / fw, fw, recipe):
+                print(f"\n== train {fw}: skipped, {artifacts / fw} holds a model trained with "
+                      "this recipe (--force trains again)", flush=True)
+            else:
+                lane.append(Stage(f"train {fw}", ("train", fw, *recipe_args, *common),
+                                  f"[{fw}] "))
+            lane.append(Stage(f"export {fw}", ("export", fw, *common, *quick_arg,
+                                               "--threads", str(threads),
+                                               "--native-latency", "later"), f"[{fw}] "))
+            lane.append(Stage(f"quantize {fw}", ("quantize", "--frameworks", fw, *common),
+                              f"[{fw}] "))
+            lanes.append(lane)
+        runner.lanes(lanes, jobs)
+        # Native latency alone on the machine: timings taken beside another training are noise.
+        if not runner.failed():
+            runner.lanes([[Stage(f"native latency {fw}", ("export", fw, *common, *quick_arg,
+                                                           "--native-latency", "only"),
+                                 f"[{fw}] ")] for fw in frameworks], 1)
+        # Same weights in the other framework, and every ONNX file back into a framework: one
+        # process per framework, side by side (nothing is timed here).
+        if not runner.failed() and set(frameworks) >= {"torch", "tf"}:
+            runner.lanes([[Stage(f"twins {fw}", ("twins", fw, *common, *quick_arg),
+                                 f"[{fw}] ")] for fw in frameworks], jobs)
+        failed = runner.failed()
+        if failed:
+            _summary(runner, time.perf_counter() - start)
+            if failed.status == 2:  # bad input: the stage has printed its one line
+                return 2
+            print(f"error: stage '{failed.label}' crashed (exit status {failed.status}); "
+                  "see its output above", file=sys.stderr)
+            return CRASH_STATUS
+        _web_demo(artifacts, frameworks, folder)
+        print("\n== validate: every runtime, each model in a contained process", flush=True)
+        options = dataclasses.replace(options, data_dir=str(folder))
+        v_start = time.perf_counter()
+        status, _ = validate_and_report(artifacts, frameworks, options, limits, artifacts,
+                                        summary)
+        runner.results.append(StageResult("validate", 0, time.perf_counter() - v_start))
+        total = time.perf_counter() - start
+        _summary(runner, total)
+        print(f"\nall stages done in {total:.0f} s; "
+              f"{'PASSED' if status == 0 else 'FAILED' if status == 1 else 'bad input'}")
+        return status

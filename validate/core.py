@@ -15,7 +15,7 @@ import onnxruntime as ort
 from convert.errors import ArtifactError, ToolkitError
 from train import data
 from validate import parity as par
-from validate import precision, sandbox, worker
+from validate import conversion, layers, precision, sandbox, worker
 from validate.latency import METHOD
 from validate.runners import cuda_status, runner_class, runner_keys
 from validate.worker import Options
@@ -118,18 +118,33 @@ def failures(report: dict) -> list[str]:
             line = f"parity failed: {label} ({name}): {'; '.join(worker.failure_reasons(r))}"
             if len(failed) > 1:
                 line += f"; also failed in {', '.join(n for n, _ in failed[1:])}"
-            if m.get("layers", {}).get("first_divergence"):
-                line += f"; {m['layers']['message']}"
+            if "layers" in m:
+                line += f"; {layer_clause(m['layers'])}"
             if worker.integrity_clause(m):
                 line += f"; {worker.integrity_clause(m)}"
             lines.append(line)
         elif worker.integrity_clause(m):
             lines.append(f"integrity failed: {label}: {worker.integrity_clause(m)}")
+        if "conversion" in m:
+            bad = conversion.failures(label, m["conversion"])
+            if bad and "layers" in m["conversion"]:
+                bad[0] += f"; twin.onnx: {layer_clause(m['conversion']['layers'])}"
+            lines += bad
         if "precision" in m:
             lines += precision.failures(label, m["precision"])
         if m["facts"].get("missing_metadata"):
             lines.append(f"{label}: metadata_props missing {m['facts']['missing_metadata']}")
     return lines
+
+
+def layer_clause(result: dict) -> str:
+    """Where a failure starts, layer by layer, or why that is not known."""
+    if result.get("error"):
+        return result["message"]
+    if result["first_divergence"]:
+        return layers.failure_clause(result)
+    return (f"not localized: every layer within tolerance on the {result['images']} diagnosis "
+            "images")
 
 
 def exit_status(report: dict) -> int:

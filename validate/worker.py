@@ -18,8 +18,8 @@ from convert.errors import ArtifactError, ToolkitError
 from convert.native import read_history
 from train import data
 from validate import artifacts as art
+from validate import conversion, layers, precision
 from validate import parity as par
-from validate import precision
 from validate import sandbox
 from validate.latency import BATCH_SIZES, TimingPlan, summarize, thread_counts
 from validate.runners import (CPU, CUDA, Runner, RunnerFailed, RunnerUnavailable,
@@ -290,8 +290,29 @@ def validate_lenet(path: Path, opts: Options, reference_required: bool) -> dict:
         result["precision"] = precision.evaluate(path.parent, images, labels,
                                                  cpu_out.probabilities, opts.quick)
         passed = passed and result["precision"]["passed"]
+    if reference_required and (path.parent / conversion.CONVERSION).is_dir():
+        result["conversion"] = conversion.evaluate(path.parent.parent, path.parent.name,
+                                                   images, labels)
+        passed = passed and result["conversion"]["passed"]
+        twin = path.parent / conversion.CONVERSION / conversion.TWIN_ONNX
+        if not result["conversion"]["passed"] and twin.is_file():
+            result["conversion"]["layers"] = _diagnose(twin, ref, "cpu")
+    # Layer by layer: on demand, and whenever a runtime that can show its tensors failed.
+    diagnosable = [o.key for o in outputs if runner_class(o.key).intermediates
+                   and o.status == "ran" and not runtimes[o.name]["passed"]]
+    if opts.layers or diagnosable:
+        result["layers"] = _diagnose(path, ref, diagnosable[0] if diagnosable else "cpu")
     result["passed"] = bool(passed)
     return result
+
+
+def _diagnose(model: Path, ref: dict, runner_key: str) -> dict:
+    """validate.layers.diagnose, or the reason it could not run (never fails the model)."""
+    try:
+        return layers.diagnose(model, ref, runner_key)
+    except (ToolkitError, RunnerUnavailable, RunnerFailed) as exc:
+        return {"runner_key": runner_key, "rows": [], "first_divergence": None,
+                "message": f"no layer-by-layer comparison: {exc}", "error": str(exc)}
 
 
 def confusion(probabilities: np.ndarray, labels: np.ndarray) -> list[list[int]]:
