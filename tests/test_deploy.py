@@ -134,7 +134,7 @@ def test_a_model_newer_than_the_javascript_runtimes(artifacts_copy):
         pytest.skip("no JavaScript runtime here (test_runners requires them on this machine)")
     path = artifacts_copy / "torch" / "lenet5.onnx"
     model = onnx.load(str(path))
-    model.ir_version = 12
+    model.ir_version = onnx.IR_VERSION
     onnx.save(model, str(path))
     proc = run("validate", str(artifacts_copy), "--frameworks", "torch", "--no-latency",
                "--runtimes", ",".join(["cpu", *js]))
