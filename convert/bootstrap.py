@@ -24,7 +24,7 @@ JS_DIR = ROOT / "validate" / "js"
 JS_STAMP = JS_DIR / "node_modules" / ".lenet5-installed"  # sha256 of package-lock.json installed
 ONNX2TF = "onnx2tf==1.29.24"  # installed with --no-deps (see _install)
 MODULES = ("numpy", "onnx", "onnxruntime", "onnxscript", "torch", "torchvision", "tensorflow",
-           "tf2onnx", "pytest", "psutil", "playwright", "onnxconverter_common", "onnx2torch")
+           "tf2onnx", "pytest", "psutil", "playwright", "onnxconverter_common", "onnx2torch", "matplotlib", "yaml")
 
 
 def _venv_python() -> Path:
@@ -54,7 +54,43 @@ def _install(python: Path) -> None:
                        "--progress-bar", "off", "--no-deps", ONNX2TF]).returncode:
         print(f"bootstrap: {ONNX2TF} did not install; the onnx2tf round trips will be reported "
               "unavailable", file=sys.stderr)
+    if _wants_gpu_runtime():
+        _use_onnxruntime_gpu(python)
     STAMP.write_text(_wanted() + "\n")
+
+
+def _wants_gpu_runtime() -> bool:
+    """LENET5_ONNXRUNTIME=gpu|cpu decides; otherwise an NVIDIA GPU that nvidia-smi lists."""
+    choice = os.environ.get("LENET5_ONNXRUNTIME", "").lower()
+    if choice in ("gpu", "cpu"):
+        return choice == "gpu"
+    nvidia_smi = shutil.which("nvidia-smi")
+    if not nvidia_smi:
+        return False
+    try:
+        out = subprocess.run([nvidia_smi, "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and "GPU" in out.stdout
+
+
+def _use_onnxruntime_gpu(python: Path) -> None:
+    """Swap the CPU build of onnxruntime for the CUDA build of the same version (the two wheels
+    install the same module, so one replaces the other)."""
+    pip = [str(python), "-m", "pip", "--disable-pip-version-check"]
+    version = subprocess.run([*pip, "show", "onnxruntime"], capture_output=True,
+                             text=True).stdout
+    version = next((l.split(":", 1)[1].strip() for l in version.splitlines()
+                    if l.startswith("Version:")), "")
+    print(f"bootstrap: NVIDIA GPU found: onnxruntime-gpu{'==' + version if version else ''} in "
+          "place of onnxruntime (the CUDA execution provider)", file=sys.stderr, flush=True)
+    subprocess.run([*pip, "uninstall", "-y", "-q", "onnxruntime"])
+    spec = f"onnxruntime-gpu=={version}" if version else "onnxruntime-gpu"
+    if subprocess.run([*pip, "install", "--progress-bar", "off", spec]).returncode:
+        print(f"bootstrap: {spec} did not install; back to the CPU build (CUDA will be reported "
+              "unavailable)", file=sys.stderr, flush=True)
+        subprocess.run([*pip, "install", "--progress-bar", "off",
+                        f"onnxruntime=={version}" if version else "onnxruntime"])
 
 
 def _js_wanted() -> str:

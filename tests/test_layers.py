@@ -13,7 +13,7 @@ from onnx import numpy_helper
 
 from convert.errors import ArtifactError
 from convert.onnx_utils import LAYER_MAP_KEY, set_metadata
-from tests.conftest import python
+from tests.conftest import error_lines, python, run
 from train import data
 from validate import layers
 
@@ -263,3 +263,30 @@ def test_layers_module_imports_no_framework():
                   "if m in sys.modules))")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split("\n")[-2] == "[]"
+
+
+def test_a_parity_failure_names_its_first_divergent_layer(artifacts_copy):
+    path = artifacts_copy / "tf" / "lenet5.onnx"
+    path.write_bytes(_plant(onnx.load(str(path)), "conv2"))
+    proc = run("validate", str(artifacts_copy), "--frameworks", "tf", "--runtimes",
+               "cpu,reference", "--no-latency")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = error_lines(proc)
+    assert len(lines) == 1 and lines[0].startswith("parity failed: tf (onnxruntime-cpu): "), lines
+    assert "; first divergence at conv2 (max |diff| " in lines[0], lines
+    report = json.loads((artifacts_copy / "report.json").read_text())
+    assert report["models"]["tf"]["layers"]["first_divergence"] == "conv2"
+    assert "## Layer by layer" in (artifacts_copy / "report.md").read_text()
+
+
+def test_layers_on_demand_for_healthy_models(artifacts_copy):
+    proc = run("validate", str(artifacts_copy), "--layers", "--runtimes", "cpu", "--no-latency")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((artifacts_copy / "report.json").read_text())
+    md = (artifacts_copy / "report.md").read_text().split("## Layer by layer")[1]
+    for framework in FRAMEWORKS:
+        result = report["models"][framework]["layers"]
+        assert result["first_divergence"] is None
+        assert [r["layer"] for r in result["rows"]] == LAYERS
+        assert all(r["passed"] for r in result["rows"])
+    assert "**PyTorch**" in md and "**TensorFlow**" in md and "| conv1 |" in md

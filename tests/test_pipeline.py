@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import subprocess
+
+import numpy as np
 
 from convert.pipeline import already_trained
 from tests.conftest import error_lines, run
@@ -12,9 +17,55 @@ from train.recipe import Recipe
 def test_quick_pipeline_writes_everything(quick_artifacts):
     for fw, ckpt in (("torch", "model.pt"), ("tf", "model.keras")):
         names = {p.name for p in (quick_artifacts / fw).iterdir()}
-        assert {ckpt, "history.json", "lenet5.onnx", "reference.npz", "test_data_set_0"} <= names
+        assert {ckpt, "history.json", "lenet5.onnx", "reference.npz", "test_data_set_0",
+                "weights.npz", "lenet5.int8.onnx", "lenet5.fp16.onnx", "conversion",
+                "SHA256SUMS"} <= names
         assert not [n for n in names if n.startswith(".")]  # no temporary files left
+        sums = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=quick_artifacts / fw,
+                              capture_output=True, text=True)
+        assert sums.returncode == 0 and "lenet5.int8.onnx: OK" in sums.stdout, sums.stdout
+    assert (quick_artifacts / "web" / "index.html").is_file()
     assert (quick_artifacts / "report.json").is_file() and (quick_artifacts / "report.md").is_file()
+
+
+def test_side_by_side_lanes_give_the_results_of_one_after_the_other(quick_artifacts, tmp_path):
+    """The fixture ran the lanes at once (one per core, here); --jobs 1 with the same thread
+    count must give bit-identical weights, ONNX files and references."""
+    threads = json.loads((quick_artifacts / "torch" / "history.json").read_text())["threads"]
+    seq = tmp_path / "seq"
+    proc = run("convert", "all", "--quick", "--jobs", "1", "--threads", str(threads),
+               "--artifacts", str(seq), "--runtimes", "cpu", "--no-latency")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"1 at once, {threads} intra-op thread" in proc.stdout
+    for fw in ("torch", "tf"):
+        a = json.loads((quick_artifacts / fw / "history.json").read_text())
+        b = json.loads((seq / fw / "history.json").read_text())
+        assert a["threads"] == b["threads"] == threads
+        assert a["weights_sha256"] == b["weights_sha256"]
+        for name in ("lenet5.onnx", "lenet5.int8.onnx", "lenet5.fp16.onnx", "weights.npz",
+                     "conversion/twin.onnx"):
+            assert (quick_artifacts / fw / name).read_bytes() == (seq / fw / name).read_bytes()
+        with np.load(quick_artifacts / fw / "reference.npz") as x, \
+                np.load(seq / fw / "reference.npz") as y:
+            assert np.array_equal(x["probabilities"], y["probabilities"])
+
+
+def test_a_failing_stage_stops_the_other_lane(tmp_path, quick_artifacts):
+    """A bad checkpoint in one lane: exit 2 with its one line; the other lane is stopped or
+    finishes, and nothing runs after the lanes."""
+    art = tmp_path / "artifacts"
+    shutil.copytree(quick_artifacts, art)
+    ckpt = art / "tf" / "model.keras"
+    ckpt.write_bytes(b"PK\x03\x04 not really a keras archive")
+    history = json.loads((art / "tf" / "history.json").read_text())
+    history["checkpoint_sha256"] = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    (art / "tf" / "history.json").write_text(json.dumps(history))
+    proc = run("convert", "all", "--quick", "--artifacts", str(art), "--runtimes", "cpu",
+               "--no-latency")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = error_lines(proc)
+    assert len(lines) == 1 and lines[0].startswith(f"[tf] error: {ckpt}: "), lines
+    assert "== validate" not in proc.stdout and "== twins" not in proc.stdout
 
 
 def test_rerun_skips_training_for_the_same_recipe(quick_artifacts, artifacts_copy):

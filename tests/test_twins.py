@@ -34,15 +34,11 @@ def test_set(data_dir):
 
 
 @pytest.fixture(scope="module")
-def twins(quick_artifacts, tmp_path_factory):
-    """The quick artifacts with `convert twins torch` and `convert twins tf` run on them."""
-    dest = tmp_path_factory.mktemp("twins") / "artifacts"
-    shutil.copytree(quick_artifacts, dest)
+def twins(quick_artifacts):
+    """The quick artifacts: `convert all` ran `convert twins torch` and `convert twins tf`."""
     for framework in ("torch", "tf"):
-        proc = run("convert", "twins", framework, "--artifacts", str(dest), "--quick")
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        assert f"[{framework}] twins done:" in proc.stdout
-    return dest
+        assert (quick_artifacts / framework / conv.CONVERSION / conv.TWIN_ONNX).is_file()
+    return quick_artifacts
 
 
 def _copy(twins, tmp_path):
@@ -212,7 +208,7 @@ def _plant_and_rebuild(art, trained: str, side: str, **changes) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def _assert_caught(art, trained: str, twin_name: str, test_set) -> None:
+def _assert_caught(art, trained: str, twin_name: str, test_set, layer: str) -> None:
     images, labels = test_set
     result = conv.evaluate(art, trained, images, labels)
     assert not result["passed"]
@@ -230,6 +226,13 @@ def _assert_caught(art, trained: str, twin_name: str, test_set) -> None:
                         f"{twin['max_abs_diff']:.3g} > 1e-05, {twin['flip_count']:,} flips, "
                         f"accuracy {twin['accuracy']:.4f} vs {result['accuracy']:.4f}")
     assert any("**FAIL**" in line and twin_name in line for line in conv.markdown({trained: result}))
+    # The toolkit's verdict: exit 1, the broken conversion named, and where it starts.
+    proc = run("validate", str(art), "--frameworks", trained, "--runtimes", "cpu",
+               "--no-latency")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    named = [line for line in error_lines(proc) if line.startswith(
+        f"conversion failed: {trained} -> {twin_name}: ")]
+    assert named and f"twin.onnx: first divergence at {layer} " in named[0], error_lines(proc)
 
 
 def test_a_missing_flatten_permutation_is_caught(twins, tmp_path, test_set):
@@ -237,7 +240,7 @@ def test_a_missing_flatten_permutation_is_caught(twins, tmp_path, test_set):
     # without permuting its rows, the classic bug.
     art = _copy(twins, tmp_path)
     _plant_and_rebuild(art, "torch", "twin_tf", flatten_order=np.array("HWC"))
-    _assert_caught(art, "torch", "Keras twin", test_set)
+    _assert_caught(art, "torch", "Keras twin", test_set, "fc1")
 
 
 def test_a_transposed_conv_kernel_is_caught(twins, tmp_path, test_set):
@@ -247,4 +250,4 @@ def test_a_transposed_conv_kernel_is_caught(twins, tmp_path, test_set):
         swapped = {k: np.ascontiguousarray(f[k].transpose(0, 1, 3, 2))
                    for k in ("conv1.kernel", "conv2.kernel")}
     _plant_and_rebuild(art, "tf", "twin_torch", **swapped)
-    _assert_caught(art, "tf", "PyTorch twin", test_set)
+    _assert_caught(art, "tf", "PyTorch twin", test_set, "conv1")

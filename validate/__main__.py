@@ -113,9 +113,10 @@ def validate_and_report(target: Path, frameworks: tuple[str, ...], opts, lim: Li
     from validate import core, report
 
     result = core.validate(target, frameworks, opts, lim)
+    result["command"] = command_line()
     print("\n".join(report.main_table(result)))
     if output is not None:
-        paths = report.write(result, output)
+        paths = report.write(result, output, opts.data_dir)
         print(f"\nreports: {', '.join(str(p) for p in paths)}")
     else:
         print("\n".join([""] + report.runtime_rows(result)))
@@ -124,6 +125,15 @@ def validate_and_report(target: Path, frameworks: tuple[str, ...], opts, lim: Li
     for line in core.errors(result) + core.failures(result):
         print(line, file=sys.stderr)
     return core.exit_status(result), result
+
+
+def command_line() -> str:
+    """How this run was started, for "how to reproduce" in the reports."""
+    import shlex
+
+    main_file = Path(sys.argv[0])
+    module = main_file.parent.name if main_file.name == "__main__.py" else main_file.stem
+    return f"python -m {module} {shlex.join(sys.argv[1:])}".strip()
 
 
 def run_validate(args: argparse.Namespace) -> int:

@@ -63,7 +63,12 @@ def plan(target: Path, frameworks: tuple[str, ...]) -> list[tuple[str, Path, boo
     if not target.is_dir():
         raise ArtifactError(f"{target}: no artifacts folder; run `python -m convert all` "
                             "first")
-    return [(fw, target / fw / MODEL_FILE, True) for fw in frameworks]
+    models = [(fw, target / fw / MODEL_FILE, True) for fw in frameworks]
+    if not any(path.exists() for _, path, _ in models):
+        raise ArtifactError(f"{target}: no exported model ("
+                            + ", ".join(f"{fw}/{MODEL_FILE}" for fw in frameworks)
+                            + "); run `python -m convert all` first")
+    return models
 
 
 def validate(target: Path, frameworks: tuple[str, ...], opts: Options,
@@ -106,35 +111,43 @@ def errors(report: dict) -> list[str]:
 
 
 def failures(report: dict) -> list[str]:
-    """One line per failing model, naming the first failing runtime and its figures, and the
-    other runtimes that failed too."""
-    lines = []
-    for label, m in report["models"].items():
-        if "error" in m:
-            continue
-        failed = [(name, r) for name, r in m.get("runtimes", {}).items() if not r["passed"]]
-        if failed:
-            name, r = failed[0]
-            line = f"parity failed: {label} ({name}): {'; '.join(worker.failure_reasons(r))}"
-            if len(failed) > 1:
-                line += f"; also failed in {', '.join(n for n, _ in failed[1:])}"
-            if "layers" in m:
-                line += f"; {layer_clause(m['layers'])}"
-            if worker.integrity_clause(m):
-                line += f"; {worker.integrity_clause(m)}"
-            lines.append(line)
-        elif worker.integrity_clause(m):
-            lines.append(f"integrity failed: {label}: {worker.integrity_clause(m)}")
-        if "conversion" in m:
-            bad = conversion.failures(label, m["conversion"])
-            if bad and "layers" in m["conversion"]:
-                bad[0] += f"; twin.onnx: {layer_clause(m['conversion']['layers'])}"
-            lines += bad
-        if "precision" in m:
-            lines += precision.failures(label, m["precision"])
-        if m["facts"].get("missing_metadata"):
-            lines.append(f"{label}: metadata_props missing {m['facts']['missing_metadata']}")
-    return lines
+    """One line per failing model: its first failure with the figures, then every other
+    failure of that model as a short clause (CI logs get one line a model)."""
+    return [line for label, m in report["models"].items() if "error" not in m
+            for line in [model_failure(label, m)] if line]
+
+
+def model_failure(label: str, m: dict) -> str:
+    """The one line for a model ('' when it passed)."""
+    parts: list[str] = []
+    failed = [(name, r) for name, r in m.get("runtimes", {}).items() if not r["passed"]]
+    if failed:
+        name, r = failed[0]
+        parts.append(f"parity failed: {label} ({name}): {'; '.join(worker.failure_reasons(r))}")
+        if len(failed) > 1:
+            parts.append(f"also failed in {', '.join(n for n, _ in failed[1:])}")
+        if "layers" in m:
+            parts.append(layer_clause(m["layers"]))
+    if "conversion" in m and not m["conversion"]["passed"]:
+        bad = conversion.failures(label, m["conversion"])
+        rest = [b.split(": ", 1)[1].split(": ", 1)[0] for b in bad[1:]]
+        lead = bad[0] if bad else f"conversion failed: {label}"
+        if rest:
+            lead += f"; also {', '.join(rest)}"
+        if "layers" in m["conversion"]:
+            lead += f"; twin.onnx: {layer_clause(m['conversion']['layers'])}"
+        parts.append(lead)
+    if "precision" in m and not m["precision"]["passed"]:
+        if "error" in m["precision"]:
+            parts.append(f"precision: {m['precision']['error']}")
+        else:
+            parts += precision.failures(label, m["precision"])
+    if worker.integrity_clause(m):
+        parts.append(worker.integrity_clause(m) if parts
+                     else f"integrity failed: {label}: {worker.integrity_clause(m)}")
+    if m["facts"].get("missing_metadata"):
+        parts.append(f"{label}: metadata_props missing {m['facts']['missing_metadata']}")
+    return "; ".join(parts)
 
 
 def layer_clause(result: dict) -> str:

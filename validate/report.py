@@ -201,7 +201,9 @@ def markdown(report: dict) -> str:
             out += ["", f"**{title(label)}**", ""]
             out += layers.markdown(result) if result.get("rows") else [result["message"]]
     variants = {label: m["precision"] for label, m in report["models"].items()
-                if "precision" in m}
+                if "precision" in m and "error" not in m["precision"]}
+    out += [f"- {title(label)} quantized models not evaluated: {m['precision']['error']}"
+            for label, m in report["models"].items() if "error" in m.get("precision", {})]
     if variants:
         from validate import precision
 
@@ -262,8 +264,10 @@ def summary(report: dict) -> str:
     return "\n".join(out) + "\n\n"
 
 
-def write(report: dict, folder: Path) -> tuple[Path, Path]:
-    """Write both reports atomically."""
+def write(report: dict, folder: Path, data_dir: str | None = None) -> tuple[Path, ...]:
+    """Write report.json, report.md and report.html atomically."""
+    from validate.html import write_html
+
     write_json(folder / "report.json", report)
     write_text(folder / "report.md", markdown(report))
-    return folder / "report.json", folder / "report.md"
+    return folder / "report.json", folder / "report.md", write_html(report, folder, data_dir)

@@ -26,6 +26,7 @@ from validate.runners import (CPU, CUDA, Runner, RunnerFailed, RunnerUnavailable
                               runner_class)
 
 INVARIANCE_IMAGES = 256   # batch 1 vs batch 256 on these many test images
+MAX_FLIP_PREDICTIONS = 200  # flipped images whose two predictions the report keeps
 HISTOGRAM_EDGES = [0.0] + [10.0 ** e for e in range(-12, 1)]  # |diff| bins for the report
 
 
@@ -159,6 +160,9 @@ def judge(out: RunnerOutput, reference: np.ndarray, labels: np.ndarray,
             "flip_count": p.flip_count, "flips": p.flips, "top1_agreement": p.top1_agreement,
             "accuracy": p.accuracy_onnxruntime, "accuracy_native": p.accuracy_native,
             "load_seconds": out.load_seconds}
+    native_pred, run_pred = reference.argmax(1), out.probabilities.argmax(1)
+    rec["flip_predictions"] = [[i, int(native_pred[i]), int(run_pred[i])]
+                               for i in p.flips[:MAX_FLIP_PREDICTIONS]]
     diff = np.abs(out.probabilities.astype(np.float64) - reference.astype(np.float64))
     rec["diff_histogram"] = histogram(diff)
     if exact is not None:
@@ -287,8 +291,11 @@ def validate_lenet(path: Path, opts: Options, reference_required: bool) -> dict:
     passed = not failed and not facts["missing_metadata"]
     cpu_out = next((o for o in outputs if o.key == "cpu" and o.status == "ran"), None)
     if cpu_out is not None and precision.has_variants(path.parent):
-        result["precision"] = precision.evaluate(path.parent, images, labels,
-                                                 cpu_out.probabilities, opts.quick)
+        try:
+            result["precision"] = precision.evaluate(path.parent, images, labels,
+                                                     cpu_out.probabilities, opts.quick)
+        except ArtifactError as exc:  # stale or damaged variants: a failure, not the model's end
+            result["precision"] = {"passed": False, "error": str(exc)}
         passed = passed and result["precision"]["passed"]
     if reference_required and (path.parent / conversion.CONVERSION).is_dir():
         result["conversion"] = conversion.evaluate(path.parent.parent, path.parent.name,
