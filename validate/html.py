@@ -797,6 +797,38 @@ def _model_part(key: str, what: str) -> Callable[[Context], str]:
     return section
 
 
+def sec_conversion(ctx: Context) -> str:
+    """Per trained model: every same-weights conversion against its own reference."""
+    out = []
+    for fw, m in ctx.models.items():
+        c = m.get("conversion")
+        if not c:
+            continue
+        gate = (f"same weights: each row within {c.get('atol', 1e-5):g} of the trained model's "
+                f"own probabilities, {c.get('max_flips', 0)} flips, on {c.get('images', 0):,} "
+                f"test images. Verdict: {'passed' if c.get('passed') else 'FAILED'}.")
+        rows = []
+        for r in c.get("rows", []):
+            verdict = ("pass" if r.get("passed") else "FAIL" if r.get("passed") is False
+                       else r.get("status", ""))
+            if r.get("status") not in (None, "ok"):
+                verdict = f"{verdict}: {r.get('note') or r.get('status')}"
+            rows.append([r.get("name"), r.get("made_by"), r.get("runs_in"),
+                         _sci(r.get("max_abs_diff")), r.get("flip_count"),
+                         r.get("accuracy"), verdict])
+        out.append(f"<h3>{escape(title(fw))}-trained model</h3><p>{escape(gate)}</p>")
+        out.append(table(["conversion", "made by", "runs in", "max |diff|", "flips",
+                          "accuracy", "verdict"], rows))
+        if c.get("layers"):
+            out.append(f"<p>twin.onnx, layer by layer: {escape(c['layers'].get('message', ''))}"
+                       "</p>")
+    return "".join(out) or missing("no conversion matrix in this report")
+
+
+def _sci(x: object) -> str:
+    return "—" if not isinstance(x, (int, float)) else f"{x:.2e}"
+
+
 def sec_models(ctx: Context) -> str:
     """The ONNX files: size, sha256, opset, producer and metadata."""
     order = [fw for fw in ("tf", "torch") if fw in ctx.models]
@@ -872,7 +904,7 @@ SECTIONS: list[tuple[str, str, Callable[[Context], str]]] = [
     ("parity", "Parity: native vs ONNX, per runtime", sec_parity),
     ("latency", "Latency", sec_latency),
     ("flips", "Flipped images", sec_flips),
-    ("conversion", "Conversion matrix", _model_part("conversion", "conversion matrix")),
+    ("conversion", "Conversion matrix", sec_conversion),
     ("precision", "Quantized models", _model_part("precision", "quantized models")),
     ("layers", "Per-layer diagnosis", _model_part("layers", "per-layer diagnosis")),
     ("models", "Models", sec_models),
