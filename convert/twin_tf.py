@@ -26,7 +26,7 @@ import numpy as np
 from convert import weights as cw
 from convert.fileio import sha256_file
 from train import data
-from validate.conversion import (CONVERSION, ONNX2TF_DIR, ONNX2TF_FILE, TFLITE_FILE,
+from validate.conversion import (save_twin, CONVERSION, ONNX2TF_DIR, ONNX2TF_FILE, TFLITE_FILE,
                                  TWIN_NATIVE, TWIN_ONNX, frameworks_present,
                                  write_probabilities, write_status)
 
@@ -126,7 +126,6 @@ def make_twin(artifacts: Path, source: str, images: np.ndarray) -> float:
     """ARTIFACTS/SOURCE/weights.npz -> Keras twin -> twin.onnx (tf2onnx), twin_native.npz."""
     import tensorflow as tf
 
-    from convert import onnx_utils
     from convert.export_tf import to_onnx
     from convert.native import read_history
     from train.keras_lenet import predict
@@ -139,13 +138,8 @@ def make_twin(artifacts: Path, source: str, images: np.ndarray) -> float:
     model = build_twin(weights)
     probabilities = predict(model, images)
     history = twin_history(read_history(folder), weights_sha, weights.architecture, model)
-    proto = to_onnx(model, history)
-    proto.metadata_props.add(key="twin_weights_sha256", value=weights_sha)
-    out = folder / CONVERSION
-    write_probabilities(out / TWIN_NATIVE, probabilities, runs_in=f"tensorflow {tf.__version__}",
-                        made_by="Keras twin (weights.npz)", source_sha256=weights_sha,
-                        seconds=time.perf_counter() - start)
-    onnx_utils.save(proto, out / TWIN_ONNX)
+    save_twin(folder, to_onnx(model, history), probabilities, weights_sha, f"tensorflow {tf.__version__}",
+              "Keras twin (weights.npz)", time.perf_counter() - start)
     return time.perf_counter() - start
 
 

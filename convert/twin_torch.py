@@ -16,14 +16,13 @@ import onnx
 import torch
 from torch import nn
 
-from convert import onnx_utils
 from convert import weights as cw
 from convert.export_torch import to_onnx
 from convert.fileio import sha256_file
 from convert.native import read_history
 from train import data
 from train.torch_lenet import predict
-from validate.conversion import (CONVERSION, ONNX2TORCH_FILE, TWIN_NATIVE, TWIN_ONNX,
+from validate.conversion import (save_twin, CONVERSION, ONNX2TORCH_FILE, TWIN_NATIVE, TWIN_ONNX,
                                  frameworks_present, write_probabilities, write_status)
 
 FRAMEWORK = "torch"
@@ -117,13 +116,8 @@ def make_twin(artifacts: Path, source: str, images: np.ndarray) -> float:
     model = build_twin(weights)
     probabilities = predict(model, images)
     history = twin_history(read_history(folder), weights_sha, weights.architecture)
-    proto = to_onnx(model, history)
-    proto.metadata_props.add(key="twin_weights_sha256", value=weights_sha)
-    out = folder / CONVERSION
-    write_probabilities(out / TWIN_NATIVE, probabilities, runs_in=f"torch {torch.__version__}",
-                        made_by="PyTorch twin (weights.npz)", source_sha256=weights_sha,
-                        seconds=time.perf_counter() - start)
-    onnx_utils.save(proto, out / TWIN_ONNX)
+    save_twin(folder, to_onnx(model, history), probabilities, weights_sha, f"torch {torch.__version__}",
+              "PyTorch twin (weights.npz)", time.perf_counter() - start)
     return time.perf_counter() - start
 
 

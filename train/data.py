@@ -12,7 +12,6 @@ import http.client
 import os
 import shutil
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass

@@ -65,6 +65,18 @@ def write_probabilities(path: Path, probabilities: np.ndarray, runs_in: str, mad
     _write(path, "ok", source_sha256, probabilities, runs_in, made_by, seconds, note)
 
 
+def save_twin(folder: Path, proto: onnx.ModelProto, probabilities: np.ndarray,
+              weights_sha256: str, runs_in: str, made_by: str, seconds: float) -> None:
+    """Write a twin's outputs under FOLDER/conversion/: its native probabilities and its ONNX
+    export (tagged with the weights file it was built from)."""
+    from convert import onnx_utils
+
+    proto.metadata_props.add(key="twin_weights_sha256", value=weights_sha256)
+    write_probabilities(folder / CONVERSION / TWIN_NATIVE, probabilities, runs_in=runs_in,
+                        made_by=made_by, source_sha256=weights_sha256, seconds=seconds)
+    onnx_utils.save(proto, folder / CONVERSION / TWIN_ONNX)
+
+
 def write_status(path: Path, status: str, source_sha256: str, note: str = "") -> None:
     """Write a conversion that produced no probabilities: "unavailable: …" or "failed: …"."""
     _write(path, status, source_sha256, note=note)

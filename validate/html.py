@@ -770,8 +770,8 @@ def sec_flips(ctx: Context) -> str:
     ran = any(r.get("status") not in ("unavailable", None) and "flips" in r
               for fw in ctx.ok_models() for r in (ctx.models[fw].get("runtimes") or {}).values())
     if not rows:
-        return (f'<p class="none">none: every runtime gave the native model\'s top-1 class on '
-                f"every test image</p>" if ran else missing("no runtime compared predictions"))
+        return ('<p class="none">none: every runtime gave the native model\'s top-1 class on '
+                "every test image</p>" if ran else missing("no runtime compared predictions"))
     names = ctx.class_names()
 
     def name(c):

@@ -10,8 +10,6 @@ kept for every other case. Every other operator is the reference implementation'
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 from numpy.lib.stride_tricks import sliding_window_view
