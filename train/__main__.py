@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from convert.errors import cli_call
-from train.recipe import FRAMEWORKS, Recipe
+from train import data
+from train.recipe import FRAMEWORKS, Recipe, check_threads
 
 
 def parser() -> argparse.ArgumentParser:
@@ -15,6 +16,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__)
     p.add_argument("framework", choices=FRAMEWORKS)
     add_recipe_args(p)
+    add_threads_arg(p)
     return p
 
 
@@ -32,13 +34,28 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="default artifacts/")
 
 
-def run(framework: str, recipe: Recipe, data_dir: str | None, artifacts: Path) -> dict:
-    """Train one framework's model; imports only that framework."""
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    """The --threads flag (not part of the recipe: it changes speed, not the model asked for)."""
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="threads to compute on (default: every core): PyTorch's intra-op "
+                        "threads; for Keras, slices of each batch trained side by side on "
+                        "one-thread ops (at most 2 for batch 32); recorded in history.json")
+
+
+def run(framework: str, recipe: Recipe, data_dir: str | None, artifacts: Path,
+        threads: int | None = None) -> dict:
+    """Train one framework's model on `threads` threads (None: every core); imports only that
+    framework."""
+    check_threads(threads)
+    data.ensure_files(data_dir)  # bad data is one line before a framework is imported
     if framework == "torch":
         from train import torch_lenet as side
     else:
+        from convert.quiet import import_tensorflow
+
+        import_tensorflow()  # without its start-up chatter on stderr
         from train import keras_lenet as side
-    return side.train(recipe, data_dir, artifacts)
+    return side.train(recipe, data_dir, artifacts, threads=threads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                         limit=args.limit)
-        run(args.framework, recipe, args.data_dir, args.artifacts)
+        run(args.framework, recipe, args.data_dir, args.artifacts, threads=args.threads)
         return 0
 
     return cli_call(body)

@@ -1,13 +1,44 @@
-"""Training throughput benchmark: the seed's input pipelines vs the toolkit's, per framework.
+"""Training throughput: the seed's code vs the toolkit's, per framework, timed side by side.
 
-`python -m train.bench [--steps N] [--repeats R] [--data-dir DIR]` prints images/s (median of R
-runs, each after a burn-in) for four cases, each in its own process:
-- torch seed:    torchvision FashionMNIST + per-image PIL ToTensor + DataLoader(shuffle)
-- torch toolkit: pre-scaled float32 channels-last tensor, index batches, fused Adam
-                 (train.torch_lenet.train_one_epoch)
-- tf seed:       keras.datasets.fashion_mnist + model.fit on float64 NumPy arrays
-- tf toolkit:    float32 tf.data + steps_per_execution (train.keras_lenet)
-Same model, optimizer, loss and batch size in each pair. A benchmark, not a test.
+`python -m train.bench [--frameworks torch,tf] [--epochs 3] [--threads N] [--limit N]`
+times whole training epochs (60,000 images, batch 32, Adam 1e-3) in four cases:
+
+- torch seed:    torchvision FashionMNIST with per-image PIL `ToTensor`, `DataLoader(batch 32,
+                 shuffle=True)`, `torch.optim.Adam`, cross-entropy, loss and accuracy summed
+                 per step (`.item()`), on train.torch_lenet.LeNet5 (the seed's module).
+- torch toolkit: train.torch_lenet.Trainer, what `python -m train torch` runs: the images
+                 scaled once into one float32 channels-last tensor, batches gathered by a
+                 seeded index permutation, fused Adam.
+- tf seed:       `keras.datasets.fashion_mnist`, pixels / 255.0 as float64 NumPy arrays, the
+                 `keras.Sequential` LeNet-5 (train.keras_lenet.build_model) compiled with
+                 Adam, sparse categorical cross-entropy and an accuracy metric, and one
+                 `model.fit(x, y, batch_size=32, epochs=E, shuffle=True)` call.
+- tf toolkit:    train.keras_lenet.Trainer, what `python -m train tf` runs: a compiled
+                 tf.function doing 100 steps per call over a seeded index permutation of
+                 float32 tensors, one-thread ops, each batch cut into one slice per thread
+                 trained side by side, TF's fused Adam kernel, oneDNN capped at AVX2.
+
+Each case lives in its own process (one framework per process), set up once; the parent then
+asks the two processes of a framework for one epoch at a time, alternating seed and toolkit
+(ABBA order), so that both see the same load on a shared machine. The first epoch of each is
+a burn-in (tracing, allocation) and is not counted; the seed's `fit` is paused between
+epochs inside its own call (a callback waits for the parent), so it runs as the seed ran it.
+
+Threads: with `--threads N`, each framework gets N threads on both sides (torch:
+`set_num_threads(N)`; TF seed: intra- and inter-op pools of N, TF's own default on an N-core
+machine; TF toolkit: N slices of each batch, up to 2 for batch 32, on one-thread ops).
+Without it, each side runs with its own default: every core.
+
+Printed per case: seconds per epoch (median and every epoch), images/s, CPU seconds per
+epoch, threads, and how many cores other processes kept busy meanwhile (from /proc/stat);
+per framework: toolkit / seed images/s, from the medians and per round.
+
+`python -m train.bench --pipeline [--epochs 30]` is the whole-job figure: the wall time of
+the seed's two trainings back to back (each a fresh process: imports, data, E epochs, test
+accuracy) against `python -m convert all --force --epochs E` (data check, both trainings,
+exports, validation, report) in a temporary folder.
+
+A benchmark, not a test: quote its output with the load it reports.
 """
 
 from __future__ import annotations
@@ -22,10 +53,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from convert.errors import cli_call
 from train import data
+from train.recipe import FRAMEWORKS, EpochLog, Recipe, check_threads, default_threads
 
-CASES = [("torch", "seed"), ("torch", "toolkit"), ("tf", "seed"), ("tf", "toolkit")]
+MODES = ("seed", "toolkit")
+TAG = "BENCH "  # marks the worker's own stdout lines (torchvision prints there too)
 
+
+# --- worker side: one case in this process -------------------------------------------------
 
 def _stage_files(folder: Path, tmp: Path) -> None:
     """Lay the verified files out where torchvision and keras.datasets look for them."""
@@ -35,134 +71,369 @@ def _stage_files(folder: Path, tmp: Path) -> None:
             os.symlink((folder / name).resolve(), tmp / sub / name)
 
 
-def _torch(mode: str, steps: int, repeats: int, tmp: Path) -> list[float]:
+def _say(**fields) -> None:
+    print(TAG + json.dumps(fields), flush=True)
+
+
+def _wait_for_parent() -> None:
+    if not sys.stdin.readline():
+        raise SystemExit("bench worker: the parent went away")
+
+
+class _Epochs:
+    """Runs epochs on the parent's word and reports each one's wall and CPU seconds."""
+
+    def __init__(self, images: int) -> None:
+        self.images, self._wall, self._cpu = images, 0.0, 0.0
+
+    def begin(self) -> None:
+        _wait_for_parent()
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def end(self) -> None:
+        _say(seconds=time.perf_counter() - self._wall, cpu=time.process_time() - self._cpu,
+             images=self.images)
+
+
+def _torch_worker(mode: str, recipe: Recipe, threads: int | None, tmp: Path,
+                  evaluate: bool) -> None:
+    import numpy as np
     import torch
-    from torch.nn import functional as F
 
-    from train.recipe import EpochLog, Recipe
-    from train.torch_lenet import (LeNet5, make_deterministic, make_optimizer, to_channels_last,
-                                   train_one_epoch)
+    from train import torch_lenet as tl
 
-    make_deterministic(0)
-    model = LeNet5()
-    n = steps * 32
-    rates = []
+    tl.set_threads(threads)
     if mode == "seed":
         import torchvision
         from torchvision import transforms
 
-        ds = torchvision.datasets.FashionMNIST(str(tmp), train=True, download=True,
-                                               transform=transforms.ToTensor())
-        loader = torch.utils.data.DataLoader(ds, batch_size=32, shuffle=True)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        for r in range(repeats + 1):
-            start = time.perf_counter()
-            for step, (x, y) in enumerate(loader):
-                if step == steps:
-                    break
-                opt.zero_grad()
-                F.cross_entropy(model(x), y).backward()
-                opt.step()
-            if r:  # the first pass is burn-in
-                rates.append(n / (time.perf_counter() - start))
+        torch.manual_seed(recipe.seed)
+        train_set = torchvision.datasets.FashionMNIST(str(tmp), train=True, download=True,
+                                                      transform=transforms.ToTensor())
+        if recipe.limit:
+            train_set = torch.utils.data.Subset(train_set, range(recipe.limit))
+        loader = torch.utils.data.DataLoader(train_set, batch_size=recipe.batch_size,
+                                             shuffle=True)
+        model = tl.LeNet5()
+        optimizer = torch.optim.Adam(model.parameters(), lr=recipe.learning_rate)
+        criterion = torch.nn.CrossEntropyLoss()
+        epochs = _Epochs(len(train_set))
+
+        def one_epoch() -> None:
+            model.train()
+            # Per-step loss and accuracy bookkeeping, as fit and the toolkit both keep.
+            running_loss, correct = 0.0, 0
+            for x, y in loader:
+                optimizer.zero_grad()
+                logits = model(x)
+                loss = criterion(logits, y)
+                loss.backward()
+                optimizer.step()
+                running_loss += loss.item() * len(y)
+                correct += (logits.argmax(1) == y).sum().item()
+
+        def accuracy() -> float:
+            test_set = torchvision.datasets.FashionMNIST(str(tmp), train=False, download=True,
+                                                         transform=transforms.ToTensor())
+            model.eval()
+            hits = 0
+            with torch.no_grad():
+                for x, y in torch.utils.data.DataLoader(test_set, batch_size=1000):
+                    hits += (model(x).argmax(1) == y).sum().item()
+            return hits / len(test_set)
     else:
         ds = data.load(tmp / "datasets" / "fashion-mnist")
-        model = model.to(memory_format=torch.channels_last)
-        opt = make_optimizer(model, 1e-3)
-        images = to_channels_last(torch.from_numpy(data.to_float(ds.train_images[:n])))
-        labels = torch.from_numpy(ds.train_labels[:n].astype("int64"))
-        gen = torch.Generator().manual_seed(0)
-        log = EpochLog("torch", Recipe(), steps)
-        log.tty = False
-        for r in range(repeats + 1):
-            start = time.perf_counter()
-            train_one_epoch(model, opt, images, labels, 32, gen, log)
-            if r:
-                rates.append(n / (time.perf_counter() - start))
-    return rates
+        tl.make_deterministic(recipe.seed)
+        n = min(recipe.limit or len(ds.train_images), len(ds.train_images))
+        trainer = tl.Trainer(recipe, data.to_float(ds.train_images[:n]), ds.train_labels[:n])
+        log = _quiet_log("torch", recipe)
+        epochs = _Epochs(n)
+
+        def one_epoch() -> None:
+            trainer.epoch(log)
+
+        def accuracy() -> float:
+            probs = tl.predict(trainer.model, data.to_float(ds.test_images))
+            return float(np.mean(probs.argmax(1) == ds.test_labels))
+
+    _say(ready=True, threads=torch.get_num_threads())
+    for _ in range(recipe.epochs):
+        epochs.begin()
+        one_epoch()
+        epochs.end()
+    if evaluate:
+        _say(test_accuracy=accuracy())
 
 
-def _tf(mode: str, steps: int, repeats: int, tmp: Path) -> list[float]:
+def _tf_worker(mode: str, recipe: Recipe, threads: int | None, tmp: Path,
+               evaluate: bool) -> None:
     os.environ["KERAS_HOME"] = str(tmp)
+    import numpy as np
+
     from train import keras_lenet as kl
-    from train.recipe import Recipe
 
     import keras
+    import tensorflow as tf
 
-    kl.make_deterministic(0)
-    n = steps * 32
-    recipe = Recipe()
     if mode == "seed":
-        (x, y), _ = keras.datasets.fashion_mnist.load_data()
-        x = (x[:n] / 255.0).reshape(-1, 28, 28, 1)  # float64, as the seed does
-        y = y[:n]
+        if threads is not None:  # TF's default pools for an N-core machine; else its defaults
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        keras.utils.set_random_seed(recipe.seed)
+        (x, y), (x_test, y_test) = keras.datasets.fashion_mnist.load_data()
+        x = (x / 255.0).reshape(-1, 28, 28, 1)  # float64, as the seed did
+        if recipe.limit:
+            x, y = x[:recipe.limit], y[:recipe.limit]
         model = kl.build_model()
-        model.compile(optimizer=keras.optimizers.Adam(1e-3),
+        model.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        epochs = _Epochs(len(x))
 
-        def fit():
-            model.fit(x, y, batch_size=32, epochs=1, shuffle=True, verbose=0)
-    else:
-        ds = data.load(tmp / "datasets" / "fashion-mnist")
-        x = kl.nhwc(data.to_float(ds.train_images[:n]))
-        y = ds.train_labels[:n].astype("int32")
-        model = kl.compile_model(recipe)
-        dataset = kl.make_dataset(x, y, recipe)
+        class Gate(keras.callbacks.Callback):
+            """Holds fit at each epoch's start until the parent asks for the epoch."""
 
-        def fit():
-            model.fit(dataset, epochs=1, shuffle=False, verbose=0)
-    rates = []
-    for r in range(repeats + 1):
-        start = time.perf_counter()
-        fit()
-        if r:
-            rates.append(n / (time.perf_counter() - start))
-    return rates
+            def on_epoch_begin(self, epoch, logs=None):
+                epochs.begin()
+
+            def on_epoch_end(self, epoch, logs=None):
+                epochs.end()
+
+        _say(ready=True, threads=tf.config.threading.get_intra_op_parallelism_threads()
+             or default_threads())
+        model.fit(x, y, batch_size=recipe.batch_size, epochs=recipe.epochs, shuffle=True,
+                  verbose=0, callbacks=[Gate()])
+        if evaluate:
+            x_test = (x_test / 255.0).reshape(-1, 28, 28, 1)
+            _say(test_accuracy=float(model.evaluate(x_test, y_test, verbose=0)[1]))
+        return
+    used = kl.configure(threads, recipe.batch_size)
+    ds = data.load(tmp / "datasets" / "fashion-mnist")
+    kl.make_deterministic(recipe.seed)
+    n = min(recipe.limit or len(ds.train_images), len(ds.train_images))
+    trainer = kl.Trainer(recipe, kl.nhwc(data.to_float(ds.train_images[:n])), ds.train_labels[:n],
+                         shards=used)
+    log = _quiet_log("tf", recipe)
+    epochs = _Epochs(n)
+    _say(ready=True, threads=used)
+    for _ in range(recipe.epochs):
+        epochs.begin()
+        trainer.epoch(log)
+        epochs.end()
+    if evaluate:
+        probs = kl.predict(trainer.model, data.to_float(ds.test_images))
+        _say(test_accuracy=float(np.mean(probs.argmax(1) == ds.test_labels)))
 
 
-def worker(framework: str, mode: str, steps: int, repeats: int, data_dir: str | None) -> None:
-    """Run one case in this process and print its rates as JSON."""
+def _quiet_log(framework: str, recipe: Recipe) -> EpochLog:
+    log = EpochLog(framework, recipe, 0)
+    log.tty = False  # no progress line: the worker's stdout is the parent's pipe
+    return log
+
+
+def worker(framework: str, mode: str, recipe: Recipe, threads: int | None,
+           data_dir: str | None, evaluate: bool) -> None:
+    """Run one case in this process: set up, say ready, then one epoch per line on stdin."""
     folder = data.ensure_files(data_dir)
     with tempfile.TemporaryDirectory() as tmp:
         _stage_files(folder, Path(tmp))
-        fn = _torch if framework == "torch" else _tf
-        print(json.dumps(fn(mode, steps, repeats, Path(tmp))))
+        fn = _torch_worker if framework == "torch" else _tf_worker
+        fn(mode, recipe, threads, Path(tmp), evaluate)
+
+
+# --- parent side ----------------------------------------------------------------------------
+
+class Case:
+    """One worker process: the parent asks it for epochs one at a time."""
+
+    def __init__(self, framework: str, mode: str, epochs: int, threads: int | None,
+                 limit: int | None, data_dir: str | None, evaluate: bool = False) -> None:
+        self.framework, self.mode = framework, mode
+        cmd = [sys.executable, "-m", "train.bench", "--worker", framework, mode,
+               "--epochs", str(epochs)]
+        for flag, value in (("--threads", threads), ("--limit", limit),
+                            ("--data-dir", data_dir)):
+            if value is not None:
+                cmd += [flag, str(value)]
+        if evaluate:
+            cmd.append("--evaluate")
+        self.stderr = tempfile.TemporaryFile("w+")
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.stderr, text=True, env=env)
+        self.seconds: list[float] = []
+        self.cpu: list[float] = []
+        self.others: list[float] = []  # cores busy with other processes during each epoch
+        self.images = 0
+        self.threads = self._read()["threads"]
+
+    def _read(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith(TAG):
+                return json.loads(line[len(TAG):])
+        self.proc.wait()
+        self.stderr.seek(0)
+        raise RuntimeError(f"bench worker {self.framework} {self.mode} exited "
+                           f"{self.proc.returncode}:\n{self.stderr.read()[-3000:]}")
+
+    def epoch(self, keep: bool = True) -> float:
+        """Run one epoch in the worker; return its wall seconds."""
+        before = _cpu_ticks()
+        self.proc.stdin.write("epoch\n")
+        self.proc.stdin.flush()
+        out = self._read()
+        after = _cpu_ticks()
+        if keep:
+            self.seconds.append(out["seconds"])
+            self.cpu.append(out["cpu"])
+            if before and after and after[1] > before[1]:
+                busy = (os.cpu_count() or 1) * (after[0] - before[0]) / (after[1] - before[1])
+                self.others.append(max(0.0, busy - out["cpu"] / out["seconds"]))
+        self.images = out["images"]
+        return out["seconds"]
+
+    def finish(self) -> dict:
+        """Wait for the worker to end; return its last report (test accuracy, if asked)."""
+        self.proc.stdin.close()
+        out = {}
+        for line in self.proc.stdout:
+            if line.startswith(TAG):
+                out = json.loads(line[len(TAG):])
+        if self.proc.wait():
+            self.stderr.seek(0)
+            raise RuntimeError(f"bench worker {self.framework} {self.mode} exited "
+                               f"{self.proc.returncode}:\n{self.stderr.read()[-3000:]}")
+        return out
+
+    def line(self) -> str:
+        """seconds and images/s per epoch (median), CPU seconds, threads, every epoch."""
+        med = statistics.median(self.seconds)
+        others = f"; others busy {statistics.mean(self.others):.1f} cores" if self.others else ""
+        return (f"{self.framework:5s} {self.mode:7s} {med:6.2f} s/epoch "
+                f"{self.images / med:7.0f} images/s  cpu {statistics.median(self.cpu):5.2f} "
+                f"s/epoch  {self.threads} threads  (epochs: "
+                f"{' '.join(f'{s:.2f}' for s in self.seconds)}{others})")
+
+
+def _load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) CPU ticks of the whole machine so far (Linux), else None."""
+    try:
+        with open("/proc/stat") as handle:
+            ticks = [int(t) for t in handle.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # minus idle and iowait
+
+
+def compare(frameworks: tuple[str, ...], epochs: int, threads: int | None, limit: int | None,
+            data_dir: str | None) -> dict[str, float]:
+    """Time seed and toolkit epochs alternately per framework; print; return the ratios."""
+    print(f"training throughput, batch 32, {epochs} timed epochs per case after one burn-in "
+          f"epoch, seed and toolkit alternating; threads: {threads or 'framework default'}; "
+          f"{os.cpu_count()} CPUs; {_load()}", flush=True)
+    ratios = {}
+    for fw in frameworks:
+        cases = {mode: Case(fw, mode, epochs + 1, threads, limit, data_dir) for mode in MODES}
+        for mode in MODES:  # burn-in
+            cases[mode].epoch(keep=False)
+        paired = []
+        for r in range(epochs):
+            order = MODES if r % 2 == 0 else MODES[::-1]
+            took = {mode: cases[mode].epoch() for mode in order}
+            paired.append(took["seed"] / took["toolkit"])
+        for mode in MODES:
+            cases[mode].finish()
+            print(cases[mode].line(), flush=True)
+        seed, toolkit = (statistics.median(cases[m].seconds) for m in MODES)
+        ratios[fw] = seed / toolkit
+        print(f"{fw}: toolkit / seed = {ratios[fw]:.2f}x images/s (per round: "
+              f"{' '.join(f'{p:.2f}' for p in paired)})", flush=True)
+    print(_load())
+    return ratios
+
+
+def pipeline(epochs: int, data_dir: str | None) -> float:
+    """Time the seed's two trainings back to back against `python -m convert all`."""
+    folder = data.ensure_files(data_dir)
+    print(f"whole job, {epochs} epochs per framework; {os.cpu_count()} CPUs; {_load()}",
+          flush=True)
+    seed_total, parts = 0.0, []
+    for fw in FRAMEWORKS:
+        start = time.perf_counter()
+        case = Case(fw, "seed", epochs, None, None, str(folder), evaluate=True)
+        for _ in range(epochs):
+            case.epoch()
+        accuracy = case.finish()["test_accuracy"]
+        took = time.perf_counter() - start
+        seed_total += took
+        parts.append(f"{fw} {took:.0f} s, test accuracy {accuracy:.4f}")
+        print(f"seed {fw}: {took:.1f} s (process start to exit; epochs "
+              f"{' '.join(f'{s:.1f}' for s in case.seconds)})", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "convert", "all", "--force", "--epochs", str(epochs),
+               "--artifacts", str(Path(tmp) / "artifacts"), "--data-dir", str(folder)]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              env={**os.environ, "LENET5_NO_BOOTSTRAP": "1",
+                                   "TF_CPP_MIN_LOG_LEVEL": "3"})
+        toolkit = time.perf_counter() - start
+        if proc.returncode not in (0, 1):  # 1: parity failed; the timing still stands
+            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n"
+                               f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        accuracies = []
+        for fw in FRAMEWORKS:
+            history = json.loads((Path(tmp) / "artifacts" / fw / "history.json").read_text())
+            accuracies.append(f"{fw} {history['test_accuracy']:.4f}")
+    print(f"seed, two trainings back to back: {seed_total:.1f} s ({'; '.join(parts)})")
+    print(f"toolkit, python -m convert all --epochs {epochs} (trainings, exports, validation): "
+          f"{toolkit:.1f} s (exit {proc.returncode}; test accuracy {', '.join(accuracies)})")
+    print(f"seed / toolkit wall time = {seed_total / toolkit:.2f}x; {_load()}")
+    return seed_total / toolkit
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run every case in its own process and print a table."""
+    """Entry point: run the comparison (or the whole-job figure) and print it."""
     p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=400, help="timed steps of batch 32 per run")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per case (median quoted)")
+    p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
+                   help="comma-separated subset of torch,tf (default both)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="timed epochs per case (default 3); with --pipeline, epochs per "
+                        "training (default 30)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for both seed and toolkit (default: each framework's own "
+                        "default, every core)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="train on the first N images only (smoke runs)")
+    p.add_argument("--pipeline", action="store_true",
+                   help="time `python -m convert all` against the seed's two trainings")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "MODE"), help=argparse.SUPPRESS)
+    p.add_argument("--evaluate", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.worker:
-        worker(*args.worker, args.steps, args.repeats, args.data_dir)
+    frameworks = tuple(f for f in args.frameworks.split(",") if f)
+    if not frameworks or set(frameworks) - set(FRAMEWORKS):
+        p.error(f"--frameworks: a comma-separated subset of {','.join(FRAMEWORKS)}")
+
+    def body() -> int:
+        check_threads(args.threads)
+        if args.worker:
+            recipe = Recipe(epochs=args.epochs, limit=args.limit)
+            worker(*args.worker, recipe, args.threads, args.data_dir, args.evaluate)
+        elif args.pipeline:
+            pipeline(Recipe(epochs=Recipe().epochs if args.epochs is None else args.epochs).epochs,
+                     args.data_dir)
+        else:
+            epochs = 3 if args.epochs is None else args.epochs
+            Recipe(epochs=epochs, limit=args.limit)  # checks both flags
+            data.ensure_files(args.data_dir)
+            compare(frameworks, epochs, args.threads, args.limit, args.data_dir)
         return 0
-    data.ensure_files(args.data_dir)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    print(f"training throughput, batch 32, {args.steps} steps x {args.repeats} runs "
-          f"after one burn-in run; {os.cpu_count()} CPUs")
-    medians = {}
-    for framework, mode in CASES:
-        cmd = [sys.executable, "-m", "train.bench", "--worker", framework, mode,
-               "--steps", str(args.steps), "--repeats", str(args.repeats)]
-        if args.data_dir:
-            cmd += ["--data-dir", args.data_dir]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if out.returncode:
-            print(out.stderr[-2000:], file=sys.stderr)
-            return 1
-        rates = json.loads(out.stdout.strip().splitlines()[-1])
-        medians[framework, mode] = statistics.median(rates)
-        print(f"{framework:6s} {mode:8s} median {medians[framework, mode]:8.0f} images/s  "
-              f"(runs: {', '.join(f'{r:.0f}' for r in rates)})", flush=True)
-    for framework in ("torch", "tf"):
-        ratio = medians[framework, "toolkit"] / medians[framework, "seed"]
-        print(f"{framework}: toolkit / seed = {ratio:.2f}x")
-    return 0
+
+    return cli_call(body)
 
 
 if __name__ == "__main__":

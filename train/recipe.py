@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import sys
 import time
@@ -35,6 +36,20 @@ class Recipe:
             raise ToolkitError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
             raise ToolkitError(f"--limit must be at least 1, got {self.limit}")
+
+
+def default_threads() -> int:
+    """Cores this process may run on: what both frameworks use when no thread count is given."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def check_threads(threads: int | None) -> int | None:
+    """A --threads value, checked: None (every core) or at least 1."""
+    if threads is not None and threads < 1:
+        raise ToolkitError(f"--threads must be at least 1, got {threads}")
+    return threads
 
 
 def common_versions() -> dict[str, str]:
@@ -89,8 +104,13 @@ def weights_digest(weights: list[np.ndarray]) -> str:
 def write_history(folder: Path, framework: str, recipe: Recipe, log: EpochLog,
                   versions: dict[str, str], architecture: str, parameters: int,
                   train_images: int, test_accuracy: float, weights: list[np.ndarray],
-                  checkpoint: Path) -> dict:
-    """Write `history.json` atomically and return what it holds."""
+                  checkpoint: Path, threads: int) -> dict:
+    """Write `history.json` atomically and return what it holds.
+
+    `threads` (the intra-op thread count the run used) is recorded beside the recipe, not in
+    it: it changes the speed, and the bits (a reduction split N ways sums in another order),
+    but not what model the recipe asks for.
+    """
     seconds = sum(e["seconds"] for e in log.epochs)
     history = {
         "framework": framework,
@@ -104,6 +124,7 @@ def write_history(folder: Path, framework: str, recipe: Recipe, log: EpochLog,
         "epochs": log.epochs,
         "seconds": round(seconds, 3),
         "images_per_second": round(train_images * len(log.epochs) / seconds, 1),
+        "threads": threads,
         "test_accuracy": test_accuracy,
         "weights_sha256": weights_digest(weights),
         # Ties this history to its checkpoint: the two files are replaced one after the other.

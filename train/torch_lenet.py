@@ -47,6 +47,13 @@ def versions() -> dict[str, str]:
     return {"torch": torch.__version__, "torchvision": torchvision.__version__}
 
 
+def set_threads(threads: int | None) -> int:
+    """Use `threads` intra-op threads (None: torch's default, every core); return the count."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 def make_deterministic(seed: int) -> None:
     """Seed every generator and refuse nondeterministic kernels."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -104,24 +111,40 @@ def predict(model: nn.Module, images: np.ndarray, batch_size: int = 1000) -> np.
     return np.concatenate(out).astype(np.float32)
 
 
-def train(recipe: Recipe, data_dir: str | None, artifacts: Path) -> dict:
-    """Train with the recipe; write model.pt and history.json; return the history."""
+class Trainer:
+    """The toolkit's training run for one recipe: model, optimizer, data, shuffling."""
+
+    def __init__(self, recipe: Recipe, images_nchw: np.ndarray, labels: np.ndarray) -> None:
+        self.recipe = recipe
+        self.images = to_channels_last(torch.from_numpy(images_nchw))
+        self.labels = torch.from_numpy(labels.astype(np.int64))
+        self.model = LeNet5().to(memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(self.model, recipe.learning_rate)
+        # Reshuffled every epoch from the recipe's seed: the same seed, the same batches.
+        self.generator = torch.Generator().manual_seed(recipe.seed)
+
+    def epoch(self, log: EpochLog) -> tuple[float, float]:
+        """Train one reshuffled epoch; returns mean loss and accuracy."""
+        return train_one_epoch(self.model, self.optimizer, self.images, self.labels,
+                               self.recipe.batch_size, self.generator, log)
+
+
+def train(recipe: Recipe, data_dir: str | None, artifacts: Path,
+          threads: int | None = None) -> dict:
+    """Train with the recipe on `threads` threads (None: every core); write model.pt and
+    history.json; return the history."""
+    threads = set_threads(threads)
     ds = data.load(data_dir)
     make_deterministic(recipe.seed)
     n = min(recipe.limit or len(ds.train_images), len(ds.train_images))
-    images = to_channels_last(torch.from_numpy(data.to_float(ds.train_images[:n])))
-    labels = torch.from_numpy(ds.train_labels[:n].astype(np.int64))
-    model = LeNet5().to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, recipe.learning_rate)
-    generator = torch.Generator().manual_seed(recipe.seed)
-    steps = (n + recipe.batch_size - 1) // recipe.batch_size
-    log = EpochLog("torch", recipe, steps)
+    trainer = Trainer(recipe, data.to_float(ds.train_images[:n]), ds.train_labels[:n])
+    model = trainer.model
+    log = EpochLog("torch", recipe, (n + recipe.batch_size - 1) // recipe.batch_size)
     print(f"[torch] training LeNet-5 ({parameter_count(model):,} parameters) on {n:,} images, "
-          f"{recipe.epochs} epochs, batch {recipe.batch_size}, {torch.get_num_threads()} threads")
+          f"{recipe.epochs} epochs, batch {recipe.batch_size}, {threads} threads", flush=True)
     for _ in range(recipe.epochs):
         log.begin()
-        loss, acc = train_one_epoch(model, optimizer, images, labels, recipe.batch_size,
-                                    generator, log)
+        loss, acc = trainer.epoch(log)
         log.end(loss, acc, n)
     probs = predict(model, data.to_float(ds.test_images))
     test_accuracy = float((probs.argmax(1) == ds.test_labels).mean())
@@ -130,7 +153,8 @@ def train(recipe: Recipe, data_dir: str | None, artifacts: Path) -> dict:
         torch.save(model.state_dict(), handle)
     return write_history(folder, "torch", recipe, log, versions(), ARCHITECTURE,
                          parameter_count(model), n, test_accuracy,
-                         [t.numpy() for t in model.state_dict().values()], folder / "model.pt")
+                         [t.numpy() for t in model.state_dict().values()], folder / "model.pt",
+                         threads)
 
 
 def load_model(path: Path) -> LeNet5:
