@@ -160,3 +160,24 @@ def test_two_runs_on_one_folder_take_turns(quick_artifacts, tmp_path):
                       if n == "first" and line.startswith("all stages done"))
     second_work = next(t for t, n, line in events if n == "second" and line.startswith("== plan"))
     assert second_work >= first_done
+
+
+@pytest.mark.parametrize("framework", ["torch", "tf"])
+def test_a_full_disk_while_saving_a_trained_model(framework, tmp_path):
+    artifacts = tmp_path / "art"
+    args = ("train", framework, "--epochs", "1", "--limit", "320", "--artifacts",
+            str(artifacts))
+    with small_filesystem(artifacts, 64) as mounted:
+        if mounted:
+            proc = run(*args)
+            reason = "no space left on device"
+        else:
+            proc = _run_limited(64 * 1024, *args)
+            reason = "file too large (a file-size limit)"
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        lines = error_lines(proc)
+        checkpoint = {"torch": "model.pt", "tf": "model.keras"}[framework]
+        assert lines == [f"error: {artifacts / framework / checkpoint}: cannot write it: "
+                         f"{reason}"], lines
+        assert not (artifacts / framework / "history.json").exists()
+        _no_temporary_files(artifacts)

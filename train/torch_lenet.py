@@ -5,6 +5,7 @@ Imports torch only; never tensorflow (DESIGN.md: one framework per process).
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from convert.errors import ArtifactError
-from convert.fileio import atomic_open
+from convert.fileio import write_bytes
 from train import data
 from train.recipe import EpochLog, Recipe, write_history
 
@@ -149,8 +150,11 @@ def train(recipe: Recipe, data_dir: str | None, artifacts: Path,
     probs = predict(model, data.to_float(ds.test_images))
     test_accuracy = float((probs.argmax(1) == ds.test_labels).mean())
     folder = artifacts / "torch"
-    with atomic_open(folder / "model.pt") as handle:
-        torch.save(model.state_dict(), handle)
+    # Serialised in memory first: torch.save reports a full disk as a RuntimeError of its
+    # own, write_bytes as the one-line error it is.
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    write_bytes(folder / "model.pt", buffer.getvalue())
     return write_history(folder, "torch", recipe, log, versions(), ARCHITECTURE,
                          parameter_count(model), n, test_accuracy,
                          [t.numpy() for t in model.state_dict().values()], folder / "model.pt",
