@@ -22,7 +22,8 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m convert",
         description="Train LeNet-5 on Fashion-MNIST in PyTorch and TensorFlow, export both to "
                     "ONNX, and validate the ONNX graphs against the trained models.",
-        epilog="Exit status: 0 parity passed, 1 parity failed, 2 bad input, 3 a stage crashed.")
+        epilog="Exit status: 0 every gate passed, 1 a gate failed (parity, conversion, "
+               "precision), 2 bad input, 3 a stage crashed.")
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("all", help="data check, train + export both frameworks, validate")
