@@ -154,8 +154,9 @@ def test_missing_pieces_are_said_never_a_crash(quick_report, tmp_path):
             r.pop(k, None)
     report.pop("cross_framework")
     report["passed"] = False
-    torch["conversion"] = {"rows": [{"pair": "torch -> tf twin", "max_abs_diff": 2e-7,
-                                     "flips": 0, "passed": True}], "passed": True}
+    torch["conversion"] = {"rows": [{"key": "twin", "name": "torch -> tf twin", "status": "ok",
+                                     "max_abs_diff": 2e-7, "flip_count": 0, "passed": True}],
+                           "passed": True}
     path = report_html.write_html(report, tmp_path, data_dir=str(tmp_path / "no-data"))
     text = path.read_text()
     assert "could not be drawn" not in text
@@ -163,7 +164,7 @@ def test_missing_pieces_are_said_never_a_crash(quick_report, tmp_path):
     assert "PyTorch: no training history" in text
     assert "no latency measured" in text
     assert ">FAILED<" in text
-    assert "<td>torch -&gt; tf twin</td>" in text  # a generic table, ready for new sections
+    assert "<td>torch -&gt; tf twin</td>" in text  # a conversion row without its other fields
     # an empty report still gives a page
     bare = report_html.render({"models": {}, "passed": False})
     assert "no model was validated" in bare and "could not be drawn" not in bare

@@ -84,7 +84,7 @@ def validate(target: Path, frameworks: tuple[str, ...], opts: Options,
             models[label] = {"error": str(exc), "passed": False}
     report = {"schema_version": SCHEMA_VERSION,
               "passed": all(m["passed"] for m in models.values()),
-              "target": str(target),
+              "target": str(target.resolve()),
               "environment": environment(opts.runtimes),
               "tolerances": asdict(opts.tolerances),
               "limits": asdict(limits),
