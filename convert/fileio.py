@@ -11,7 +11,9 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
-from convert.errors import OutputError
+import numpy as np
+
+from convert.errors import ArtifactError, OutputError
 
 
 # errno -> the reason a user reads; an OSError with one of these while writing is the
@@ -175,3 +177,15 @@ def read_sha256sums(path: str | os.PathLike) -> dict[str, str]:
             raise ValueError(f"line {number} is not `<sha256>  <file>`")
         sums[name] = digest.lower()
     return sums
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an .npz file (never unpickling); ArtifactError naming the file when it
+    cannot be read (a damaged zip, a bad array header, a pickled object)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except Exception as exc:  # any failure to read is the file's fault
+        text = str(exc).strip()
+        reason = text.splitlines()[0][:200] if text else type(exc).__name__
+        raise ArtifactError(f"{path}: not a readable npz archive ({reason})") from None

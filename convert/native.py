@@ -12,7 +12,7 @@ import numpy as np
 
 from convert.errors import ArtifactError
 from convert import onnx_utils
-from convert.fileio import atomic_open, refresh_sha256sums
+from convert.fileio import atomic_open, read_npz, refresh_sha256sums
 from train import data
 from validate.latency import BATCH_SIZES, thread_counts
 
@@ -92,13 +92,9 @@ def update_native_latency(framework: str, artifacts: Path, data_dir: str | None,
                           quick: bool) -> Path:
     """Measure the native model's latency and store it in its reference.npz (atomically)."""
     path = artifacts / framework / "reference.npz"
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: missing; export {framework} first") from None
-    except Exception as exc:  # a damaged archive: the file is at fault
-        raise ArtifactError(f"{path}: not a readable .npz file ({exc})") from None
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing; export {framework} first")
+    arrays = read_npz(path)
     latency = measure_native_latency(framework, artifacts, data_dir, quick)
     arrays["native_latency"] = np.array(json.dumps(latency))
     with atomic_open(path) as handle:

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from convert.errors import ArtifactError
-from convert.fileio import atomic_open
+from convert.fileio import atomic_open, read_npz
 
 LAYOUT_VERSION = 1
 FILE = "weights.npz"
@@ -146,11 +146,7 @@ def load(path: Path) -> Weights:
     if not path.is_file():
         raise ArtifactError(f"{path}: missing; run `python -m convert export "
                             f"{path.parent.name}` first (export writes it)")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            files = {k: f[k] for k in f.files}
-    except Exception as exc:  # a corrupt or foreign file: any failure is the file's fault
-        raise ArtifactError(f"{path}: not a readable npz ({type(exc).__name__})") from None
+    files = read_npz(path)
     missing = [k for k in ("layout_version", "source", "flatten_order", "conv_padding",
                            "output") if k not in files]
     if missing:

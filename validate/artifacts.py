@@ -13,7 +13,7 @@ import onnx
 from onnx import numpy_helper
 
 from convert.errors import ArtifactError
-from convert.fileio import SUMS_NAME, read_sha256sums, sha256_file
+from convert.fileio import SUMS_NAME, read_npz, read_sha256sums, sha256_file
 from convert.onnx_utils import (INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME, OUTPUT_SHAPE,
                                 REQUIRED_METADATA)
 from train import data
@@ -136,11 +136,7 @@ def load_reference(path: Path) -> dict:
     if not path.is_file():
         raise ArtifactError(f"{path}: missing; run `python -m convert export "
                             f"{path.parent.name}` first")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            ref = {k: npz[k] for k in npz.files}
-    except Exception as exc:  # zip, npy header, dtype errors: the file is at fault
-        raise ArtifactError(f"{path}: not a readable .npz file ({_first_line(exc)})") from None
+    ref = read_npz(path)
     for key in ("probabilities", "labels", "test_images_sha256"):
         if key not in ref:
             raise ArtifactError(f"{path}: no '{key}' array; export again")

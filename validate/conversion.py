@@ -21,7 +21,7 @@ import onnx
 import onnxruntime as ort
 
 from convert.errors import ArtifactError
-from convert.fileio import atomic_open, sha256_file
+from convert.fileio import atomic_open, read_npz, sha256_file
 from convert.weights import FILE as WEIGHTS_FILE  # numpy only
 
 FRAMEWORKS = ("torch", "tf")
@@ -97,12 +97,12 @@ class Output:
 
 def read_output(path: Path) -> Output:
     """Read one conversion file; ArtifactError if it is unreadable."""
+    f = read_npz(path)
     try:
-        with np.load(path, allow_pickle=False) as f:
-            return Output(str(f["status"]), str(f["source_sha256"]), str(f["runs_in"]),
-                          str(f["made_by"]), float(f["seconds"]), str(f["note"]),
-                          f["probabilities"] if "probabilities" in f.files else None)
-    except (OSError, KeyError, ValueError) as exc:
+        return Output(str(f["status"]), str(f["source_sha256"]), str(f["runs_in"]),
+                      str(f["made_by"]), float(f["seconds"]), str(f["note"]),
+                      f.get("probabilities"))
+    except (KeyError, ValueError, TypeError) as exc:
         raise ArtifactError(f"{path}: not a conversion output ({type(exc).__name__})") from None
 
 
@@ -241,12 +241,10 @@ def evaluate(artifacts: Path, framework: str, test_images: np.ndarray,
     """The conversion matrix for the model trained in FRAMEWORK (JSON-able; "passed" on top)."""
     folder = artifacts / framework
     ref_path = folder / "reference.npz"
-    try:
-        with np.load(ref_path, allow_pickle=False) as f:
-            reference = f["probabilities"]
-    except (OSError, KeyError, ValueError) as exc:
-        raise ArtifactError(f"{ref_path}: cannot read the reference ({type(exc).__name__}); "
-                            f"run `python -m convert export {framework}`") from None
+    if not ref_path.is_file() or "probabilities" not in (arrays := read_npz(ref_path)):
+        raise ArtifactError(f"{ref_path}: cannot read the reference (missing, or no "
+                            f"probabilities); run `python -m convert export {framework}`")
+    reference = arrays["probabilities"]
     labels = np.asarray(labels)
     weights_path = folder / WEIGHTS_FILE
     weights_sha = sha256_file(weights_path) if weights_path.is_file() else None
