@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -51,13 +50,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("framework", choices=FRAMEWORKS)
     e.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     e.add_argument("--data-dir", default=None)
-    e.add_argument("--quick", action="store_true", help="light native latency runs")
     e.add_argument("--threads", type=int, default=None,
                    help="intra-op threads for the native model (default: all cores)")
-    e.add_argument("--native-latency", choices=("now", "later", "only"), default="now",
-                   help="time the native model now (default), later (leave it to a run with "
-                        "'only', which measures it and updates reference.npz)")
-    e.add_argument("--native-latency-threads", type=int, default=None, help=argparse.SUPPRESS)
 
     w = sub.add_parser("twins", help="same weights in the other framework, and every "
                        "lenet5.onnx back into a framework (everything that needs FRAMEWORK)")
@@ -113,31 +107,16 @@ def _check_export_inputs(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    if args.native_latency_threads is None:
-        _check_export_inputs(args)
+    _check_export_inputs(args)
     _framework(args.framework)
     if args.framework == "torch":
         from convert import export_torch as side
     else:
         from convert import export_tf as side
-    if args.native_latency_threads is not None:  # a child of the exporter: print JSON only
-        print(json.dumps(side.native_latency(args.artifacts, args.data_dir,
-                                             args.native_latency_threads, args.quick)))
-        return 0
     if args.threads is not None:
         set_threads(args.framework, args.threads)
-    if args.native_latency == "only":  # measured alone on the machine, after the exports
-        from convert.native import update_native_latency
-
-        path = update_native_latency(args.framework, args.artifacts, args.data_dir, args.quick)
-        print(f"[{args.framework}] native latency measured; updated {path}", flush=True)
-        return 0
-    if args.native_latency == "later":
-        from convert import native
-
-        native.DEFER_LATENCY = True
     print(f"[{args.framework}] exporting {args.artifacts / args.framework} to ONNX", flush=True)
-    path = side.export(args.artifacts, args.data_dir, args.quick)
+    path = side.export(args.artifacts, args.data_dir)
     print(f"[{args.framework}] wrote {path}, reference.npz and test_data_set_0/", flush=True)
     return 0
 

@@ -6,7 +6,6 @@ Imports tensorflow/keras/tf2onnx only; runs in a process of its own.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -17,7 +16,6 @@ import tf2onnx  # noqa: E402
 from convert import native, onnx_utils  # noqa: E402
 from train.keras_lenet import load_model, nhwc, predict  # noqa: E402
 from validate import layers as layer_map  # noqa: E402
-from validate.latency import measure  # noqa: E402
 
 INPUT_SIGNATURE = [tf.TensorSpec([None, 1, 28, 28], tf.float32, name=onnx_utils.INPUT_NAME)]
 
@@ -85,23 +83,21 @@ def layer_outputs(model, images) -> dict:
     return {name: value.numpy() for name, value in outputs.items()}
 
 
-def native_latency(artifacts: Path, data_dir: str | None, threads: int,
-                   quick: bool) -> list[dict]:
-    """Time the serving tf.function at each batch size with `threads` intra-op threads."""
+def native_model(path: Path, threads: int):
+    """The serving tf.function for the latency server (convert.native_server):
+    ("tensorflow", version, prepare), where prepare(images) returns a no-argument call."""
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    serve = serving_function(load_model(artifacts / "tf" / "model.keras"))
-    images = tf.constant(native.latency_images(data_dir))
-    results = []
-    for batch in native.BATCH_SIZES:
-        x = images[:batch]
-        lat = measure(lambda: serve(x)[onnx_utils.OUTPUT_NAME].numpy(), runtime="tensorflow",
-                      provider="cpu", batch_size=batch, threads=threads, quick=quick)
-        results.append(asdict(lat))
-    return results
+    serve = serving_function(load_model(path))
+
+    def prepare(images):
+        x = tf.constant(images)
+        return lambda: serve(x)[onnx_utils.OUTPUT_NAME].numpy()
+
+    return "tensorflow", tf.__version__, prepare
 
 
-def export(artifacts: Path, data_dir: str | None = None, quick: bool = False) -> Path:
+def export(artifacts: Path, data_dir: str | None = None) -> Path:
     """Write lenet5.onnx, reference.npz and test_data_set_0/ under ARTIFACTS/tf."""
     folder = artifacts / "tf"
     model = load_model(folder / "model.keras")
@@ -109,4 +105,4 @@ def export(artifacts: Path, data_dir: str | None = None, quick: bool = False) ->
     write_weights(model, folder)
     onnx_model = to_onnx(model, native.read_history(folder))
     return native.write_export(artifacts, "tf", onnx_model, lambda x: predict(model, x),
-                               data_dir, quick, lambda x: layer_outputs(model, x))
+                               data_dir, lambda x: layer_outputs(model, x))

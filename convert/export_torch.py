@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -16,7 +15,6 @@ from torch import nn
 from convert import native, onnx_utils
 from train.torch_lenet import load_model, predict
 from validate import layers as layer_map
-from validate.latency import measure
 
 
 class WithSoftmax(nn.Module):
@@ -86,24 +84,22 @@ def layer_outputs(model: nn.Module, images) -> dict:
     return {name: value.numpy() for name, value in outputs.items()}
 
 
-def native_latency(artifacts: Path, data_dir: str | None, threads: int,
-                   quick: bool) -> list[dict]:
-    """Time the native model (logits + softmax) at each batch size with `threads` threads."""
+def native_model(path: Path, threads: int):
+    """The native model (logits + softmax) for the latency server (convert.native_server):
+    ("torch", version, prepare), where prepare(images) returns a no-argument call."""
     torch.set_num_threads(threads)
-    model = load_model(artifacts / "torch" / "model.pt")
-    wrapped = WithSoftmax(model).eval()
-    images = torch.from_numpy(native.latency_images(data_dir))
-    results = []
-    with torch.inference_mode():
-        for batch in native.BATCH_SIZES:
-            x = images[:batch]
-            lat = measure(lambda: wrapped(x).numpy(), runtime="torch", provider="cpu",
-                          batch_size=batch, threads=threads, quick=quick)
-            results.append(asdict(lat))
-    return results
+    torch.set_num_interop_threads(1)
+    torch.set_grad_enabled(False)  # this process only ever runs inference
+    wrapped = WithSoftmax(load_model(path)).eval()
+
+    def prepare(images):
+        x = torch.from_numpy(images)
+        return lambda: wrapped(x).numpy()
+
+    return "torch", torch.__version__, prepare
 
 
-def export(artifacts: Path, data_dir: str | None = None, quick: bool = False) -> Path:
+def export(artifacts: Path, data_dir: str | None = None) -> Path:
     """Write lenet5.onnx, reference.npz and test_data_set_0/ under ARTIFACTS/torch."""
     folder = artifacts / "torch"
     model = load_model(folder / "model.pt")
@@ -111,4 +107,4 @@ def export(artifacts: Path, data_dir: str | None = None, quick: bool = False) ->
     write_weights(model, folder)
     onnx_model = to_onnx(model, native.read_history(folder))
     return native.write_export(artifacts, "torch", onnx_model, lambda x: predict(model, x),
-                               data_dir, quick, lambda x: layer_outputs(model, x))
+                               data_dir, lambda x: layer_outputs(model, x))

@@ -1,10 +1,8 @@
-"""Framework-free glue for the exporters: histories, references, native latency children."""
+"""Framework-free glue for the exporters: histories, references, the latency images."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -12,9 +10,9 @@ import numpy as np
 
 from convert.errors import ArtifactError
 from convert import onnx_utils
-from convert.fileio import atomic_open, read_npz, refresh_sha256sums
+from convert.fileio import atomic_open, refresh_sha256sums
 from train import data
-from validate.latency import BATCH_SIZES, thread_counts
+from validate.latency import BATCH_SIZES
 
 
 def read_history(folder: Path) -> dict:
@@ -59,53 +57,14 @@ def _is(value, kinds: tuple) -> bool:
 
 
 def latency_images(data_dir: str | None) -> np.ndarray:
-    """The first 256 test images as float32 NCHW: the latency input for every runtime."""
+    """The first 256 test images as float32 NCHW: the latency input for every runtime
+    (the native models' latency server reads them here)."""
     images = data.load_test(data_dir)[0][:max(BATCH_SIZES)]
     return data.to_float(images)
 
 
-def measure_native_latency(framework: str, artifacts: Path, data_dir: str | None,
-                           quick: bool) -> list[dict]:
-    """Time the native model in fresh processes, one per thread count (TF fixes its thread
-    pools at start-up, so a count cannot change inside one process)."""
-    results = []
-    for threads in thread_counts():
-        cmd = [sys.executable, "-m", "convert", "export", framework, "--artifacts",
-               str(artifacts), "--native-latency-threads", str(threads)]
-        if data_dir:
-            cmd += ["--data-dir", str(data_dir)]
-        if quick:
-            cmd.append("--quick")
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode:
-            raise RuntimeError(f"native latency ({framework}, {threads} threads) failed:\n"
-                               f"{out.stderr[-3000:]}")
-        results.extend(json.loads(out.stdout.strip().splitlines()[-1]))
-    return results
-
-
-# Set by `python -m convert export --native-latency later` before exporting.
-DEFER_LATENCY = False
-
-
-def update_native_latency(framework: str, artifacts: Path, data_dir: str | None,
-                          quick: bool) -> Path:
-    """Measure the native model's latency and store it in its reference.npz (atomically)."""
-    path = artifacts / framework / "reference.npz"
-    if not path.is_file():
-        raise ArtifactError(f"{path}: missing; export {framework} first")
-    arrays = read_npz(path)
-    latency = measure_native_latency(framework, artifacts, data_dir, quick)
-    arrays["native_latency"] = np.array(json.dumps(latency))
-    with atomic_open(path) as handle:
-        np.savez(handle, **arrays)
-    refresh_sha256sums(path.parent)
-    return path
-
-
 def write_reference(folder: Path, framework: str, probabilities: np.ndarray,
-                    labels: np.ndarray, native_latency: list[dict],
-                    layers: dict[str, np.ndarray] | None = None,
+                    labels: np.ndarray, layers: dict[str, np.ndarray] | None = None,
                     layer_input: np.ndarray | None = None, native_layout: str | None = None
                     ) -> None:
     """Write reference.npz: native probabilities on the full test set, labels, digests, and
@@ -127,12 +86,11 @@ def write_reference(folder: Path, framework: str, probabilities: np.ndarray,
                  test_images_sha256=np.array(data.FILES["t10k-images-idx3-ubyte.gz"]),
                  test_labels_sha256=np.array(data.FILES["t10k-labels-idx1-ubyte.gz"]),
                  dataset_sha256=np.array(data.DATASET_SHA256),
-                 framework=np.array(framework),
-                 native_latency=np.array(json.dumps(native_latency)))
+                 framework=np.array(framework))
 
 
 def write_export(artifacts: Path, framework: str, onnx_model, predict: Callable,
-                 data_dir: str | None, quick: bool, layer_outputs: Callable | None = None
+                 data_dir: str | None, layer_outputs: Callable | None = None
                  ) -> Path:
     """Write reference.npz, test_data_set_0/ and, last, lenet5.onnx under ARTIFACTS/FRAMEWORK.
 
@@ -153,13 +111,8 @@ def write_export(artifacts: Path, framework: str, onnx_model, predict: Callable,
         layer_map.verify_export(onnx_model, layers, layer_input)  # a wrong map fails here
     layout = layer_map.native_layout(layer_map.read_layer_map(onnx_model)) if layers else None
     probabilities = predict(test_images)
-    # `convert all` times the native models afterwards, alone on the machine (see
-    # update_native_latency); a plain export times them now.
-    latency = [] if DEFER_LATENCY else measure_native_latency(framework, artifacts, data_dir,
-                                                              quick)
     onnx_utils.write_test_data_set(folder / "test_data_set_0", test_images[:8], probabilities[:8])
-    write_reference(folder, framework, probabilities, labels, latency, layers, layer_input,
-                    layout)
+    write_reference(folder, framework, probabilities, labels, layers, layer_input, layout)
     path = folder / "lenet5.onnx"
     onnx_utils.save(onnx_model, path)
     refresh_sha256sums(folder)

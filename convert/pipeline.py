@@ -258,18 +258,12 @@ def run_all(frameworks: tuple[str, ...], recipe: Recipe, data_dir: str | None,
             else:
                 lane.append(Stage(f"train {fw}", ("train", fw, *recipe_args, *common),
                                   f"[{fw}] "))
-            lane.append(Stage(f"export {fw}", ("export", fw, *common, *quick_arg,
-                                               "--threads", str(threads),
-                                               "--native-latency", "later"), f"[{fw}] "))
+            lane.append(Stage(f"export {fw}", ("export", fw, *common, "--threads", str(threads)),
+                              f"[{fw}] "))
             lane.append(Stage(f"quantize {fw}", ("quantize", "--frameworks", fw, *common),
                               f"[{fw}] "))
             lanes.append(lane)
         runner.lanes(lanes, jobs)
-        # Native latency alone on the machine: timings taken beside another training are noise.
-        if not runner.failed():
-            runner.lanes([[Stage(f"native latency {fw}", ("export", fw, *common, *quick_arg,
-                                                           "--native-latency", "only"),
-                                 f"[{fw}] ")] for fw in frameworks], 1)
         # Same weights in the other framework, and every ONNX file back into a framework: one
         # process per framework, side by side (nothing is timed here).
         if not runner.failed() and set(frameworks) >= {"torch", "tf"}:

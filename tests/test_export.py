@@ -80,7 +80,7 @@ def test_exporting_the_same_weights_twice_is_byte_identical(artifacts_copy, fram
     onnx_path = artifacts_copy / framework / "lenet5.onnx"
     first = _sha(onnx_path)
     onnx_path.unlink()
-    proc = run("convert", "export", framework, "--artifacts", str(artifacts_copy), "--quick")
+    proc = run("convert", "export", framework, "--artifacts", str(artifacts_copy))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _sha(onnx_path) == first
 
@@ -90,21 +90,12 @@ def test_missing_or_corrupt_checkpoint_is_one_line_exit_2(artifacts_copy, framew
     path = artifacts_copy / framework / checkpoint
     before = _sha(artifacts_copy / framework / "lenet5.onnx")
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
-    proc = run("convert", "export", framework, "--artifacts", str(artifacts_copy), "--quick")
+    proc = run("convert", "export", framework, "--artifacts", str(artifacts_copy))
     lines = error_lines(proc)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}: "), lines
     assert _sha(artifacts_copy / framework / "lenet5.onnx") == before  # nothing half-written
     path.unlink()
-    proc = run("convert", "export", framework, "--artifacts", str(artifacts_copy), "--quick")
+    proc = run("convert", "export", framework, "--artifacts", str(artifacts_copy))
     assert proc.returncode == 2 and error_lines(proc) == [
         f"error: {path}: missing; run `python -m convert train {framework}` first"]
-
-
-def test_native_latency_is_stored_with_the_reference(quick_artifacts):
-    for fw in FRAMEWORKS:
-        with np.load(quick_artifacts / fw / "reference.npz") as ref:
-            rows = json.loads(str(ref["native_latency"]))
-        assert {(r["batch_size"], r["threads"]) for r in rows} >= {(1, 1), (32, 1), (256, 1)}
-        assert {r["runtime"] for r in rows} == {"torch" if fw == "torch" else "tensorflow"}
-        assert all(0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] for r in rows)

@@ -187,7 +187,7 @@ def test_a_fault_on_the_native_side_is_named_at_its_layer(quick_artifacts, tmp_p
 images, labels = data.load_test()
 x = data.to_float(images)
 first = x[:{layers.DIAGNOSIS_IMAGES}]
-native.write_reference(DEST, {framework!r}, predict(model, x), labels, [],
+native.write_reference(DEST, {framework!r}, predict(model, x), labels,
                        {side}.layer_outputs(model, first), first, {layout!r})
 """)
     proc = python(code)

@@ -84,11 +84,10 @@ def test_a_full_disk_while_exporting(quick_artifacts, tmp_path, framework, check
         if not mounted:
             shutil.copytree(src, artifacts / framework, dirs_exist_ok=True)
             proc = _run_limited(96 * 1024, "convert", "export", framework, "--artifacts",
-                                str(artifacts), "--native-latency", "later")
+                                str(artifacts))
             reason = "file too large (a file-size limit)"
         else:
-            proc = run("convert", "export", framework, "--artifacts", str(artifacts),
-                       "--native-latency", "later")
+            proc = run("convert", "export", framework, "--artifacts", str(artifacts))
             reason = "no space left on device"
         assert proc.returncode == 2, proc.stderr[-3000:]
         lines = error_lines(proc)

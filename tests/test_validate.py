@@ -49,7 +49,7 @@ def test_cuda_is_confirmed_or_reported_unavailable(quick_artifacts):
 
 def test_report_holds_the_contracted_fields(quick_artifacts):
     report = json.loads((quick_artifacts / "report.json").read_text())
-    assert report["schema_version"] == 2 and report["passed"] is True
+    assert report["schema_version"] == 3 and report["passed"] is True
     env = report["environment"]
     assert "CPUExecutionProvider" in env["providers_available"] and env["onnxruntime"]
     for fw in ("torch", "tf"):
@@ -69,6 +69,20 @@ def test_report_holds_the_contracted_fields(quick_artifacts):
         assert ort_rows == {(b, t) for b in (1, 32, 256) for t in {1, cores}}
         native = {r["runtime"] for r in m["latency"] if "runner" not in r}
         assert native == {"torch" if fw == "torch" else "tensorflow"}
+        # Native timed beside onnxruntime, round by round, at every batch size and thread count.
+        assert {(r["batch_size"], r["threads"]) for r in m["latency"] if "runner" not in r} == {
+            (b, t) for b in (1, 32, 256) for t in {1, cores}}
+        for row in m["latency"]:
+            assert row["rounds"] == 3 == len(row["round_p50_ms"]) == len(row["round_windows"])
+            assert row["p50_min_ms"] <= row["p50_ms"] <= row["p50_max_ms"]
+            assert row["noisy"] == (row["spread"] > 0.2)
+        speed = {(s["runner"], s["batch_size"], s["threads"]): s for s in m["speedups"]}
+        assert {("onnxruntime-cpu", b, t) for b in (1, 32, 256) for t in {1, cores}} <= set(speed)
+        assert all(s["speedup_min"] <= s["speedup"] <= s["speedup_max"] for s in speed.values())
+        cond = m["latency_conditions"]
+        assert cond["rounds"] == 3 and cond["errors"] == []  # --quick: 3 rounds
+        assert "side by side" in cond["native"]
+        assert len(cond["load_average_start"] or [0, 0, 0]) == 3
         # Every runtime: parity fields and its tolerance, or the reason it could not run.
         for name, r in m["runtimes"].items():
             assert r["status"] in ("passed", "unavailable"), (name, r)

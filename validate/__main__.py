@@ -20,6 +20,7 @@ from pathlib import Path
 from convert.errors import cli_call
 from convert.fileio import append_text
 from train.recipe import FRAMEWORKS
+from validate.latency import DEFAULT_ROUNDS, QUICK_ROUNDS
 from validate.parity import Tolerances
 from validate.sandbox import Limits
 
@@ -47,6 +48,18 @@ def runtimes_arg(text: str) -> tuple[str, ...]:
     return names
 
 
+def rounds_arg(text: str) -> int:
+    """--latency-rounds: a whole number, 1 to 100."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a whole number of rounds, 1 to 100; "
+                                         f"got {text!r}")
+    return value
+
+
 def add_validate_args(p: argparse.ArgumentParser, positional: bool) -> None:
     """Validation flags (and, for the validator itself, what to validate)."""
     d, lim = Tolerances(), Limits()
@@ -66,6 +79,10 @@ def add_validate_args(p: argparse.ArgumentParser, positional: bool) -> None:
                         "browser (a runtime named here must be available)")
     p.add_argument("--no-latency", dest="latency", action="store_false",
                    help="skip latency measurements")
+    p.add_argument("--latency-rounds", type=rounds_arg, default=None, metavar="N",
+                   help=f"rounds per latency configuration, the runtimes' rounds interleaved "
+                        f"(default {DEFAULT_ROUNDS}, {QUICK_ROUNDS} with --quick; the report "
+                        "gives the median and the spread)")
     p.add_argument("--layers", action="store_true",
                    help="compare every layer with the native model even when parity passes")
     p.add_argument("--atol", type=float, default=d.atol,
@@ -99,7 +116,7 @@ def options(args: argparse.Namespace, quick: bool, data_dir: str | None):
 
     return Options(tolerances=tolerances(args), runtimes=args.runtimes or runner_keys(),
                    required=args.runtimes or (), quick=quick, latency=args.latency,
-                   data_dir=data_dir, layers=args.layers)
+                   latency_rounds=args.latency_rounds, data_dir=data_dir, layers=args.layers)
 
 
 def limits(args: argparse.Namespace) -> Limits:

@@ -3,7 +3,6 @@ reference.npz, test_data_set_* folders, training histories. numpy + onnx only.""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,13 +148,6 @@ def load_reference(path: Path) -> dict:
                             "expected float / integer")
     if not np.array_equal(labels, labels.astype(np.int64).clip(0, 9)):
         raise ArtifactError(f"{path}: labels outside 0-9")
-    try:
-        ref["native_latency"] = json.loads(str(ref.get("native_latency", "[]")))
-        if not isinstance(ref["native_latency"], list) or not all(
-                isinstance(r, dict) for r in ref["native_latency"]):
-            raise ValueError("not a list of rows")
-    except ValueError as exc:
-        raise ArtifactError(f"{path}: its native_latency is not JSON rows ({exc})") from None
     if str(ref["test_images_sha256"]) != data.FILES["t10k-images-idx3-ubyte.gz"]:
         raise ArtifactError(f"{path}: made from a different test set (sha256 "
                             f"{str(ref['test_images_sha256'])[:16]}…)")

@@ -20,7 +20,7 @@ from validate.latency import METHOD
 from validate.runners import cuda_status, runner_class, runner_keys
 from validate.worker import Options
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MODEL_FILE = "lenet5.onnx"
 
 

@@ -473,6 +473,11 @@ def fig_latency(ctx: Context):
                 p90 = np.array([r["p90_ms"] for r in rs])
                 p99 = np.array([r["p99_ms"] for r in rs])
                 ax.vlines(x, p50, p99, color=color, lw=1.0)
+                ranged = [i for i, r in enumerate(rs) if "p50_min_ms" in r]
+                if ranged:  # the range of the round p50s: how sure the dot is
+                    ax.vlines(x[ranged], [rs[i]["p50_min_ms"] for i in ranged],
+                              [rs[i]["p50_max_ms"] for i in ranged], color=color, lw=5,
+                              alpha=0.35)
                 ax.scatter(x, p90, marker="_", s=40, color=color, lw=1.5)
                 ax.scatter(x, p99, marker="_", s=18, color=color, lw=1.0)
                 handles[_slot(fw, rs[0])] = ax.scatter(x, p50, marker="o", s=22, color=color,
@@ -483,7 +488,8 @@ def fig_latency(ctx: Context):
             ax.grid(axis="x", visible=False)
             ax.set(title=f"{title(fw)}, {t} thread{'s' * (t > 1)}", ylabel="ms per batch")
     fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
-               ncols=min(len(handles), 7), title="dot: p50; whisker: tick at p90, top at p99")
+               ncols=min(len(handles), 7), title="dot: p50 (median over rounds); bar: range "
+               "of the round p50s; whisker: tick at p90, top at p99")
     return fig
 
 
@@ -751,16 +757,36 @@ def sec_latency(ctx: Context) -> str:
     method = ctx.report.get("latency_method")
     if method:
         out.append(f'<p class="note">{escape(method)}.</p>')
+    from validate.report import latency_lines
+
+    conditions = [line[2:] for line in latency_lines(ctx.report)[1:]
+                  if line.startswith(("- ", "  - "))]
+    if conditions:
+        out.append("<ul>" + "".join(f"<li>{escape(c.lstrip('- '))}</li>" for c in conditions)
+                   + "</ul>")
     rows = [[title(fw), _latency_label(fw, r), r.get("provider"), r.get("batch_size"),
-             r.get("threads"), r.get("runs"), r.get("p50_ms"), r.get("p90_ms"), r.get("p99_ms"),
+             r.get("threads"), r.get("rounds", 1), r.get("runs"), r.get("p50_ms"),
+             (f"{r['p50_min_ms']:g}-{r['p50_max_ms']:g}" if "p50_min_ms" in r else None),
+             (f"{r['spread']:.0%}" + (" NOISY" if r["noisy"] else "") if "spread" in r
+              else None),
+             r.get("p90_ms"), r.get("p99_ms"),
              round(r["images_per_second"]) if r.get("images_per_second") else None]
             for fw in ctx.ok_models() for r in ctx.models[fw].get("latency") or []]
     if rows:
-        out.append(details(f"all {len(rows)} latency rows", table(
-            ["model", "runtime", "provider", "batch", "threads", "runs", "p50 ms", "p90 ms",
-             "p99 ms", "images/s"], rows)))
+        noisy = sum(1 for r in rows if str(r[9]).endswith("NOISY"))
+        out.append(details(f"all {len(rows)} latency rows ({noisy} noisy)", table(
+            ["model", "runtime", "provider", "batch", "threads", "rounds", "runs",
+             "p50 ms", "p50 range ms", "spread", "p90 ms", "p99 ms", "images/s"], rows)))
     else:
         out.append(missing("no latency measured (--no-latency, or no model validated)"))
+    speed = [[title(fw), s["runner"], s["baseline"], s["batch_size"], s["threads"],
+              f"{s['speedup']:.2f}x", f"{s['speedup_min']:.2f}-{s['speedup_max']:.2f}x",
+              f"{s['spread']:.0%}" + (" NOISY" if s["noisy"] else "")]
+             for fw in ctx.ok_models() for s in ctx.models[fw].get("speedups") or []]
+    if speed:
+        out.append(details("speed-up over the native framework, round by round", table(
+            ["model", "runtime", "vs", "batch", "threads", "speed-up (median)", "range",
+             "spread"], speed)))
     return "".join(out)
 
 

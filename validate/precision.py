@@ -13,17 +13,17 @@ the FP16 graph's casts into float32 weights, so the CPU figures measure float16 
 
 from __future__ import annotations
 
+import contextlib
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from convert.errors import ArtifactError
 from convert.fileio import sha256_file
-from convert.onnx_utils import INPUT_NAME, REQUIRED_METADATA
+from convert.onnx_utils import REQUIRED_METADATA
 from validate.artifacts import load_onnx
-from validate.latency import TimingPlan, summarize
+from validate.latency import RoundPlan, Subject, measure_rounds, pinned, rows
 from validate.runners.ort import CPU, CpuRunner
 
 PRECISIONS = ("int8", "fp16")
@@ -43,15 +43,16 @@ def has_variants(folder: Path) -> bool:
     return any((folder / variant_file(p)).is_file() for p in PRECISIONS)
 
 
-def _latency(path: Path, images: np.ndarray, plan: TimingPlan) -> list[dict]:
-    rows = []
-    with CpuRunner(path, threads=THREADS) as runner:
-        for batch in LATENCY_BATCHES:
-            feeds = {INPUT_NAME: np.ascontiguousarray(images[:batch])}
-            times = runner.timings(feeds, plan)
-            rows.append(asdict(summarize(times, runtime="onnxruntime", provider=CPU,
-                                         batch_size=batch, threads=THREADS)))
-    return rows
+def _latency(paths: dict[str, Path], images: np.ndarray, quick: bool) -> dict[str, list[dict]]:
+    """FP32 and the variants timed in interleaved rounds (validate.latency), 1 thread, pinned."""
+    plan = RoundPlan.for_run(quick)
+    with pinned(THREADS), contextlib.ExitStack() as stack:
+        subjects = {}
+        for precision, path in paths.items():
+            runner = stack.enter_context(CpuRunner(path, threads=THREADS))
+            subjects[precision] = Subject("onnxruntime", CPU, THREADS, runner.timings)
+        measure_rounds(list(subjects.values()), images, plan, batch_sizes=LATENCY_BATCHES)
+    return {precision: rows(s, 0.0) for precision, s in subjects.items()}
 
 
 def _load_variant(folder: Path, precision: str, source_sha256: str) -> tuple[Path, dict]:
@@ -77,11 +78,10 @@ def evaluate(folder: Path, test_images: np.ndarray, labels: np.ndarray,
     n = len(labels)
     fp32_pred = np.asarray(fp32_probabilities).argmax(1)
     fp32_correct = int((fp32_pred == labels).sum())
-    plan = TimingPlan.for_run(quick)
     variants = {p: _load_variant(folder, p, sha256_file(fp32_path)) for p in PRECISIONS}
     result: dict = {"passed": True, "threads": THREADS, "images": n, "fp32": {
         "file": fp32_path.name, "bytes": fp32_path.stat().st_size,
-        "accuracy": fp32_correct / n, "latency": _latency(fp32_path, test_images, plan)}}
+        "accuracy": fp32_correct / n}}
     for precision, (path, meta) in variants.items():
         with CpuRunner(path, threads=THREADS) as runner:
             probs = runner.probabilities(test_images)
@@ -103,13 +103,16 @@ def evaluate(folder: Path, test_images: np.ndarray, labels: np.ndarray,
             "max_abs_diff": float(np.abs(probs - fp32_probabilities).max()) if finite else None,
             "finite": finite,
             "missing_metadata": missing,
-            "latency": _latency(path, test_images, plan),
         }
         if "calibration" in meta:
             entry["calibration"] = json.loads(meta["calibration"])
         entry["passed"] = bool(lost <= allowed and finite and not missing)
         result[precision] = entry
         result["passed"] = result["passed"] and entry["passed"]
+    timed = _latency({"fp32": fp32_path} | {p: v[0] for p, v in variants.items()}, test_images,
+                     quick)
+    for precision, latency in timed.items():
+        result[precision]["latency"] = latency
     return result
 
 
@@ -138,7 +141,13 @@ def failures(framework: str, result: dict) -> list[str]:
 
 def _p50(entry: dict, batch: int) -> str:
     row = next((r for r in entry["latency"] if r["batch_size"] == batch), None)
-    return "n/a" if row is None else f"{row['p50_ms']:.3f} ms"
+    if row is None:
+        return "n/a"
+    text = f"{row['p50_ms']:.3f} ms"
+    if row.get("rounds"):  # the range of the round p50s
+        text += (f" ({row['p50_min_ms']:.3f}-{row['p50_max_ms']:.3f}"
+                 + (", NOISY" if row["noisy"] else "") + ")")
+    return text
 
 
 def markdown(results: dict[str, dict]) -> list[str]:
@@ -154,7 +163,9 @@ def markdown(results: dict[str, dict]) -> list[str]:
              "onnxconverter-common, float16 weights and activations, float32 input and "
              "output. All on the 10,000 test images in onnxruntime CPU; gate: INT8 loses at "
              f"most {MAX_DROP_POINTS['int8']:g} accuracy point, FP16 at most "
-             f"{MAX_DROP_POINTS['fp16']:g}. Latency p50 with {threads} intra-op thread. On an "
+             f"{MAX_DROP_POINTS['fp16']:g}. Latency: p50 with {threads} intra-op thread, the "
+             "median over rounds interleaved across the three precisions (range of the round "
+             "p50s in brackets). On an "
              "x86 CPU onnxruntime runs the FP16 graph in float32 with float16-rounded weights "
              "(no float16 kernels there).", "",
              "| model | precision | file | accuracy | Δ vs FP32 | top-1 agreement with FP32 | "

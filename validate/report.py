@@ -24,7 +24,67 @@ def _lat(model: dict, runtime_prefix: str, batch: int, threads: int) -> dict | N
 
 
 def _fmt_lat(row: dict | None) -> str:
-    return "n/a" if row is None else f"{row['p50_ms']:.3f} ms ({row['images_per_second']:,.0f}/s)"
+    if row is None:
+        return "n/a"
+    text = f"{row['p50_ms']:.3f} ms ({row['images_per_second']:,.0f}/s)"
+    if row.get("rounds"):
+        text += f", {spread_text(row)}"
+    return text
+
+
+def spread_text(row: dict) -> str:
+    """'range 0.99-1.02 ms over 5 rounds' (and NOISY) for a latency row measured in rounds."""
+    text = (f"range {row['p50_min_ms']:.3g}-{row['p50_max_ms']:.3g} ms over {row['rounds']} "
+            "rounds")
+    return text + (" NOISY" if row.get("noisy") else "")
+
+
+def latency_lines(report: dict) -> list[str]:
+    """The Latency section: method, conditions, every row with median and spread, and the
+    speed-ups over native computed round by round."""
+    out = [report.get("latency_method", "no method recorded") + "."]
+    for label, m in (report.get("models") or {}).items():
+        c = m.get("latency_conditions")
+        if not c:
+            continue
+        cores = "; ".join(f"{t} thread{'s' * (int(t) > 1)} on core{'s' * (len(v or []) > 1)} "
+                          + (",".join(map(str, v)) if v else "unpinned")
+                          for t, v in c.get("cores", {}).items())
+        load = c.get("load_average_start"), c.get("load_average_end")
+        load_text = (f"load average (1 min) {load[0][0]:.2f} at start, {load[1][0]:.2f} at end"
+                     if load[0] and load[1] else "load average not available")
+        if not out[-1].startswith(("- ", "  - ")):
+            out.append("")
+        out += [f"- {title(label)}: {c['rounds']} rounds per configuration in "
+                f"{c.get('seconds', 0):.0f} s; {cores}; {load_text}; native: {c['native']}"]
+        out += [f"  - not timed: {e['runtime']} ({e['threads']} thread"
+                f"{'s' * (e['threads'] > 1)}): {e['error']}" for e in c.get("errors", [])]
+    out += ["", "p50/p90/p99: medians over the rounds of each round's percentile; range: the "
+            "lowest and highest round p50; NOISY: that range is wider than 20% of the median.",
+            "", "| model | runtime | provider | batch | threads | p50 ms | p50 range ms | spread "
+            "| p90 ms | p99 ms | images/s | rounds |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, m in (report.get("models") or {}).items():
+        for r in m.get("latency", []):
+            rng = (f"{r['p50_min_ms']:.3f}-{r['p50_max_ms']:.3f}" if "p50_min_ms" in r else "n/a")
+            spread = (f"{r['spread']:.0%}" + (" NOISY" if r["noisy"] else "")
+                      if "spread" in r else "n/a")
+            out.append(f"| {title(label)} | {r.get('runner', r['runtime'])} | {r['provider']} | "
+                       f"{r['batch_size']} | {r['threads']} | {r['p50_ms']:.3f} | {rng} | "
+                       f"{spread} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} | "
+                       f"{r['images_per_second']:,.0f} | {r.get('rounds', 1)} |")
+    speed = [(label, s) for label, m in (report.get("models") or {}).items()
+             for s in m.get("speedups", [])]
+    if speed:
+        out += ["", "Speed-up over the native framework (native p50 / runtime p50, > 1: faster "
+                "than native), computed round by round from rounds run in the same window:", "",
+                "| model | runtime | vs | batch | threads | speed-up (median) | range | spread |",
+                "|---|---|---|---|---|---|---|---|"]
+        out += [f"| {title(label)} | {s['runner']} | {s['baseline']} | {s['batch_size']} | "
+                f"{s['threads']} | {s['speedup']:.2f}x | {s['speedup_min']:.2f}-"
+                f"{s['speedup_max']:.2f}x | {s['spread']:.0%}{' NOISY' if s['noisy'] else ''} |"
+                for label, s in speed]
+    return out
 
 
 def _native(fw: str) -> str:
@@ -213,14 +273,7 @@ def markdown(report: dict) -> str:
         out += ["", "## Noise floor", "",
                 "A tolerance below the noise floor makes a flaky gate; one more than 1000x above "
                 "it is too loose to catch a real bug.", ""] + floor
-    out += ["", "## Latency", "", report["latency_method"] + ".", "",
-            "| model | runtime | provider | batch | threads | p50 ms | p90 ms | p99 ms | images/s |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    for label, m in report["models"].items():
-        for r in m.get("latency", []):
-            out.append(f"| {title(label)} | {r.get('runner', r['runtime'])} | {r['provider']} | "
-                       f"{r['batch_size']} | {r['threads']} | {r['p50_ms']:.3f} | "
-                       f"{r['p90_ms']:.3f} | {r['p99_ms']:.3f} | {r['images_per_second']:,.0f} |")
+    out += ["", "## Latency", ""] + latency_lines(report)
     out += ["", "## Models", ""]
     for label, m in report["models"].items():
         if "facts" not in m:

@@ -69,12 +69,22 @@ def set_address_space_limit(memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (_AS_LIMIT, hard))
 
 
+def capped() -> bool:
+    """Is this process running under the sandbox's address-space cap?"""
+    return _AS_LIMIT is not None
+
+
 @contextlib.contextmanager
 def address_space_unlimited():
     """Lift the cap (soft limit back to the hard one) while processes that reserve large
-    address ranges (Node.js, WebAssembly, Chromium) are started and used; the parent's
-    resident-memory watchdog still bounds them."""
+    address ranges are started (and, for the worker, used): V8 reserves ~10 GB of virtual
+    memory for a WebAssembly memory, so a capped Node.js or Chromium cannot run onnxruntime-web
+    at all, and a framework (PyTorch, TensorFlow) maps far more than it uses. The parent's
+    resident-memory watchdog still bounds every such process."""
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == hard:
+        yield
+        return
     resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
     try:
         yield

@@ -20,10 +20,10 @@ from train import data
 from validate import artifacts as art
 from validate import conversion, layers, precision
 from validate import parity as par
-from validate import sandbox
-from validate.latency import BATCH_SIZES, TimingPlan, summarize, thread_counts
-from validate.runners import (CPU, CUDA, Runner, RunnerFailed, RunnerUnavailable,
-                              runner_class)
+from validate import latency as lat
+from validate import native, sandbox
+from validate.latency import thread_counts
+from validate.runners import Runner, RunnerFailed, RunnerUnavailable, runner_class
 
 INVARIANCE_IMAGES = 256   # batch 1 vs batch 256 on these many test images
 MAX_FLIP_PREDICTIONS = 200  # flipped images whose two predictions the report keeps
@@ -39,6 +39,7 @@ class Options:
     required: tuple[str, ...] = ()    # runtimes asked for by name: unavailable is an error
     quick: bool = False               # light latency runs
     latency: bool = True              # measure latency at all
+    latency_rounds: int | None = None  # None: 5, or 3 with quick
     data_dir: str | None = None
     layers: bool = False              # per-layer comparison even when parity passes
 
@@ -64,14 +65,6 @@ class RunnerOutput:
 
 
 # -- phase 1: run -----------------------------------------------------------------------------
-def _runtime_name(cls: type[Runner]) -> str:
-    return "onnxruntime" if cls.key in ("cpu", "cuda") else cls.name
-
-
-def _provider(cls: type[Runner]) -> str:
-    return {"cpu": CPU, "cuda": CUDA}.get(cls.key, cls.provider)
-
-
 def _guard(cls: type[Runner]):
     """In-process runtimes run under the address-space cap; the others are started without
     it (they reserve large ranges) and bounded by the parent's resident-memory watchdog."""
@@ -80,20 +73,8 @@ def _guard(cls: type[Runner]):
 
 def _memory_check(exc: RunnerFailed) -> None:
     """An allocation that failed under the cap is the memory limit, not the runtime's fault."""
-    if sandbox._AS_LIMIT is not None and sandbox.memory_failure(exc.detail):
+    if sandbox.capped() and sandbox.memory_failure(exc.detail):
         raise MemoryError(exc.detail)
-
-
-def _time_runner(runner: Runner, cls: type[Runner], images: np.ndarray, plan: TimingPlan,
-                 threads: int) -> list[dict]:
-    rows = []
-    for batch in BATCH_SIZES:
-        feeds = {"image": np.ascontiguousarray(images[:batch])}
-        times = runner.timings(feeds, plan)
-        row = asdict(summarize(times, runtime=_runtime_name(cls), provider=_provider(cls),
-                               batch_size=batch, threads=threads))
-        rows.append(row | {"runner": cls.name})
-    return rows
 
 
 def run_contract_runner(key: str, path: Path, images: np.ndarray,
@@ -121,21 +102,96 @@ def run_contract_runner(key: str, path: Path, images: np.ndarray,
                     out.test_sets.append({"folder": str(s.folder), "outputs": {
                         name: par.outputs_close(got[name], want, out.tolerance, 0.0)
                         for name, want in s.outputs.items()}})
-                threads_list = (thread_counts() if cls.latency_threads is None
-                                else list(cls.latency_threads))
-                plan = TimingPlan.for_run(opts.quick)
-                if opts.latency and 1 in threads_list:
-                    out.latency += _time_runner(runner, cls, images, plan, 1)
-            for threads in threads_list if opts.latency else []:
-                if threads != 1:
-                    with cls(path, threads=threads) as runner:
-                        out.latency += _time_runner(runner, cls, images, plan, threads)
     except RunnerUnavailable as exc:
         out.status, out.reason = "unavailable", str(exc)
     except RunnerFailed as exc:
         _memory_check(exc)
         out.status, out.reason = "failed", str(exc)
     return out
+
+
+# -- latency: every runtime, native included, round by round in one window --------------------
+def start_natives(folder: Path, framework: str, opts: Options
+                  ) -> tuple[dict[int, native.NativeProcess], str | None]:
+    """Start the native model's timing processes (one per thread count: TensorFlow fixes its
+    thread pools at start-up) without waiting for them: the framework imports while the
+    runtimes run phase 1. Returns them, or the reason the native model cannot be timed."""
+    reason = native.availability(framework, folder)
+    if reason:
+        return {}, reason
+    procs: dict[int, native.NativeProcess] = {}
+    try:
+        for threads in thread_counts():
+            procs[threads] = native.NativeProcess(framework, folder, threads,
+                                                  lat.cores_for(threads), opts.data_dir).start()
+    except native.NativeFailed as exc:
+        for p in procs.values():
+            p.close()
+        return {}, str(exc)
+    return procs, None
+
+
+def _timed_threads(cls: type[Runner]) -> list[int]:
+    return thread_counts() if cls.latency_threads is None else list(cls.latency_threads)
+
+
+def measure_latency(path: Path, outputs: list[RunnerOutput],
+                    natives: dict[int, native.NativeProcess], images: np.ndarray,
+                    opts: Options) -> tuple[list[dict], dict]:
+    """Time the native model and every runner that ran, thread count by thread count, in
+    interleaved rounds (validate.latency). Returns the latency rows and the conditions
+    (rounds, plan, cores, load average at start and end, errors) for the report."""
+    plan = lat.RoundPlan.for_run(opts.quick, opts.latency_rounds)
+    conditions: dict = {"rounds": plan.rounds, "plan": plan.as_dict(), "cores": {},
+                        "errors": []}
+    ready: dict[int, native.NativeProcess] = {}
+    for threads, proc in natives.items():  # all of them: a process still starting is noise
+        try:
+            conditions.setdefault("native_process", proc.wait_ready())
+            ready[threads] = proc
+        except native.NativeFailed as exc:
+            conditions["errors"].append({"runtime": proc.runtime, "threads": threads,
+                                         "error": str(exc)})
+    origin = time.monotonic()
+    conditions["load_average_start"] = lat.load_average()
+    rows: list[dict] = []
+    for threads in thread_counts():
+        with lat.pinned(threads) as cores, contextlib.ExitStack() as stack:
+            conditions["cores"][str(threads)] = cores
+            subjects: list[lat.Subject] = []
+            proc = ready.get(threads)
+            if proc is not None:
+                subjects.append(lat.Subject(proc.runtime, "cpu", threads, proc.timings,
+                                            window=proc.window))
+            for out in outputs:
+                cls = runner_class(out.key)
+                if out.status != "ran" or threads not in _timed_threads(cls):
+                    continue
+                try:
+                    stack.enter_context(_guard(cls))
+                    runner = stack.enter_context(cls(path, threads=threads))
+                except (RunnerUnavailable, RunnerFailed) as exc:
+                    conditions["errors"].append({"runtime": cls.name, "threads": threads,
+                                                 "error": str(exc)})
+                    continue
+                subjects.append(lat.Subject(cls.runtime or cls.name, cls.provider, threads,
+                                            runner.timings, runner=cls.name))
+            print(f"[validate] {path.parent.name}: latency, {threads} thread"
+                  f"{'s' * (threads > 1)}: {', '.join(s.label for s in subjects)} x batch "
+                  f"{'/'.join(map(str, lat.BATCH_SIZES))}, {plan.rounds} interleaved rounds",
+                  flush=True)
+            lat.measure_rounds(subjects, images, plan,
+                               failures=(RunnerFailed, native.NativeFailed))
+        if proc is not None:
+            proc.close()
+        for s in subjects:
+            rows += lat.rows(s, origin)
+            if s.error:
+                conditions["errors"].append({"runtime": s.label, "threads": threads,
+                                             "error": s.error})
+    conditions["load_average_end"] = lat.load_average()
+    conditions["seconds"] = round(time.monotonic() - origin, 2)
+    return rows, conditions
 
 
 # -- phase 2: compare -------------------------------------------------------------------------
@@ -153,7 +209,7 @@ def judge(out: RunnerOutput, reference: np.ndarray, labels: np.ndarray,
     if out.status != "ran":
         rec |= {"status": out.status, "reason": out.reason, "passed": out.status != "failed"}
         return rec
-    p = par.compare(out.probabilities, reference, labels, _provider(runner_class(out.key)),
+    p = par.compare(out.probabilities, reference, labels, runner_class(out.key).provider,
                     out.tolerance, opts.tolerances.min_agreement)
     rec["parity"] = asdict(p)
     rec |= {"max_abs_diff": p.max_abs_diff, "mean_abs_diff": p.mean_abs_diff,
@@ -247,8 +303,18 @@ def validate_lenet(path: Path, opts: Options, reference_required: bool) -> dict:
                                           labels=labels)
         return result | checked
 
-    outputs = [run_contract_runner(k, path, images, sets, opts) for k in opts.runtimes]
-    _check_required(outputs, opts)
+    natives, native_reason = ({}, "--no-latency") if not opts.latency else start_natives(
+        path.parent, str(ref.get("framework", "")), opts)
+    try:
+        outputs = [run_contract_runner(k, path, images, sets, opts) for k in opts.runtimes]
+        _check_required(outputs, opts)
+        latency_rows, conditions = (measure_latency(path, outputs, natives, images, opts)
+                                    if opts.latency else ([], {}))
+    finally:
+        for proc in natives.values():
+            proc.close()
+    for out in outputs:
+        out.latency = [r for r in latency_rows if r.get("runner") == out.name]
     reference = ref["probabilities"]
     exact_out = next((o for o in outputs if o.exact and o.status == "ran"), None)
     exact = exact_out.probabilities if exact_out else None
@@ -283,8 +349,12 @@ def validate_lenet(path: Path, opts: Options, reference_required: bool) -> dict:
         "native_vs_exact": native_floor,
         "runtimes": {name: r.get("vs_exact_max_abs_diff") for name, r in runtimes.items()
                      if r["status"] != "unavailable"}}
-    result["latency"] = list(ref["native_latency"]) + [
-        row for r in runtimes.values() for row in r.get("latency", [])]
+    result["latency"] = latency_rows
+    if opts.latency:
+        result["speedups"] = lat.speedups(latency_rows)
+        result["latency_conditions"] = conditions | {
+            "native": ("measured side by side, in a process of its own" if not native_reason
+                       else f"not measured: {native_reason}")}
     result["labels_sha256"] = str(ref.get("test_labels_sha256", ""))
     failed = [name for name, r in runtimes.items() if not r["passed"]]
     result["failed_runtimes"] = failed

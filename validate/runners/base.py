@@ -13,13 +13,12 @@ afterwards, in numpy (validate.parity), never inside a runner.
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
-from validate.latency import TimingPlan
+from validate.latency import TimingPlan, time_calls
 
 
 _SOURCE = re.compile(r"/onnxruntime_src/\S+?:\d+\s*|Load model from \S+ failed:\s*")
@@ -63,6 +62,7 @@ class Runner:
 
     key: ClassVar[str] = ""               # `--runtimes` name: cpu, cuda, reference, node, …
     name: ClassVar[str] = ""              # report name: onnxruntime-cpu, onnx-reference, …
+    runtime: ClassVar[str] = ""           # latency rows' runtime; the report name when empty
     tolerance: ClassVar[float] = 1e-5     # max |diff| vs the native reference, by default
     description: ClassVar[str] = ""       # one line for the report: what runs where
     exact: ClassVar[bool] = False         # float64 reference: the "exact" answer of the graph
@@ -127,17 +127,9 @@ class Runner:
                         ["probabilities"])["probabilities"]
 
     def timings(self, feeds: dict[str, np.ndarray], plan: TimingPlan) -> list[float]:
-        """Milliseconds per call after `plan.warmup` untimed calls. Runners in another process
-        override this to time inside that process, so that transport is not counted."""
-        for _ in range(plan.warmup):
-            self._run(feeds, None)
-        times: list[float] = []
-        start = time.perf_counter()
-        while plan.more(len(times), time.perf_counter() - start):
-            t0 = time.perf_counter()
-            self._run(feeds, None)
-            times.append((time.perf_counter() - t0) * 1e3)
-        return times
+        """Milliseconds per call after the plan's untimed warm-up calls. Runners in another
+        process override this to time inside that process, so that transport is not counted."""
+        return time_calls(lambda: self._run(feeds, None), plan)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} threads={self.threads}>"

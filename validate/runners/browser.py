@@ -25,8 +25,9 @@ from typing import Iterator
 import numpy as np
 
 from validate.latency import TimingPlan
+from validate.sandbox import address_space_unlimited
 from validate.runners.base import Runner, RunnerFailed, RunnerUnavailable, tidy
-from validate.runners.node import (JS_DIR, WEB_DIR, address_space_uncapped, package_problem,
+from validate.runners.node import (JS_DIR, WEB_DIR, package_problem,
                                    pinned, tensor_specs, to_array)
 
 CHROMIUM_ENV = "LENET5_CHROMIUM"  # another Chromium/Chrome binary than Debian's
@@ -151,7 +152,7 @@ class _Browser:
         self.playwright = None
         try:
             # Playwright's driver starts Chromium, which inherits the driver's limits.
-            with address_space_uncapped():
+            with address_space_unlimited():
                 self.playwright = sync_playwright().start()
                 # A fresh user-data-dir each time: no state from an earlier run.
                 self.context = self.playwright.chromium.launch_persistent_context(

@@ -10,22 +10,21 @@ validate/js/package.json and installed with `npm ci --ignore-scripts` (bootstrap
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import numpy as np
 
 from validate.latency import TimingPlan
+from validate.sandbox import address_space_unlimited
 from validate.runners.base import Runner, RunnerFailed, RunnerUnavailable, tidy
 
 JS_DIR = Path(__file__).resolve().parent.parent / "js"
@@ -39,22 +38,6 @@ DTYPES: dict[str, np.dtype] = {name: np.dtype(t) for name, t in {
     "uint8": np.uint8, "int16": np.int16, "uint16": np.uint16, "int32": np.int32,
     "uint32": np.uint32, "int64": np.int64, "uint64": np.uint64, "bool": np.bool_}.items()}
 _NAMES = {dt: name for name, dt in DTYPES.items()}
-
-
-@contextlib.contextmanager
-def address_space_uncapped() -> Iterator[None]:
-    """Lift a soft RLIMIT_AS cap (a sandbox's) while starting a child: V8 reserves ~10 GB of
-    virtual memory for a WebAssembly memory, so a capped Node.js or Chromium cannot run
-    onnxruntime-web at all. Such a child's resident memory is what a sandbox should watch."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    if soft == hard:
-        yield
-        return
-    resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def pinned(package: str) -> str:
@@ -150,7 +133,7 @@ class NodeProcess:
         # node's own stdout and stderr go to a file, read back only to explain a crash.
         self.log = tempfile.TemporaryFile()
         try:
-            with address_space_uncapped():
+            with address_space_unlimited():
                 self.proc = subprocess.Popen(
                     [shutil.which("node") or "node", str(JS_DIR / "runner.mjs"), self.backend,
                      str(write_fd)], cwd=JS_DIR, stdin=subprocess.PIPE, stdout=self.log,

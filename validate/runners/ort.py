@@ -67,6 +67,8 @@ class OnnxRunner(Runner):
 
     key = "cpu"
     name = "onnxruntime-cpu"
+    runtime = "onnxruntime"
+    provider = CPU
     tolerance = 1e-5
     description = "onnxruntime (Python), CPU execution provider"
     intermediates = True
@@ -107,7 +109,6 @@ class OnnxRunner(Runner):
                                       f"(providers in use: {active})")
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.input_name = self.input_names[0]
 
     def close(self) -> None:
         self.session = None
@@ -134,6 +135,7 @@ class CudaRunner(OnnxRunner):
 
     key = "cuda"
     name = "onnxruntime-cuda"
+    provider = CUDA
     tolerance = 1e-4  # different kernels (cuDNN); TF32 off
     description = "onnxruntime (Python), CUDA execution provider, TF32 off"
 

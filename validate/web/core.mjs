@@ -106,13 +106,14 @@ export async function run(ort, session, feeds, { batch = null, outputs = null } 
  * `plan.min_seconds`, at most `plan.max_runs` (validate/latency.py's TimingPlan).
  * WebAssembly runs first as baseline code and is optimised once hot (V8's dynamic tiering:
  * the first ~0.5 s of LeNet-5 calls run 2-3x slower), so the WebAssembly runtimes also warm
- * up for `wasmWarmup` seconds, min(1, plan.min_seconds).
+ * up for `plan.warmup_seconds` (when the plan sets it), else min(1, plan.min_seconds).
  */
 export async function time(ort, session, feeds, plan, now = () => performance.now(),
                            wasmWarmup = false) {
   const ortFeeds = {};
   for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = toOrt(ort, t);
-  const warmSeconds = wasmWarmup ? Math.min(1, plan.min_seconds) : 0;
+  const warmSeconds = !wasmWarmup ? 0
+    : (plan.warmup_seconds ?? Math.min(1, plan.min_seconds));
   const warmStart = now();
   for (let i = 0; i < plan.warmup || (now() - warmStart) / 1e3 < warmSeconds; i++) {
     await session.run(ortFeeds);

@@ -1,0 +1,97 @@
+"""A native model held in a process of its own and timed on request: the validator's partner
+for side-by-side latency (validate.native drives it; the framework never enters the
+validator's process).
+
+    python -m convert.native_server {torch,tf} MODEL --threads N [--cores 0,1] [--data-dir D]
+
+The process pins itself to `--cores` and fixes the framework's thread pools (`N` intra-op,
+1 inter-op) before the framework is imported, loads the model and the latency images (the
+first 256 test images), then answers JSON lines on stdin/stdout:
+
+    -> {"op": "time", "batch": 32, "plan": {TimingPlan fields}}
+    <- {"ok": true, "times": [ms, ...], "start": t0, "end": t1}   (time.monotonic())
+    -> {"op": "exit"}
+
+Its first line is {"ok": true, "runtime", "version", "threads", "cores", "pid"} once ready,
+or {"ok": false, "error": "..."}. Anything the framework prints goes to stderr: stdout
+carries the protocol only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from validate.latency import TimingPlan, time_calls  # numpy only
+
+SIDES = {"torch": "convert.export_torch", "tf": "convert.export_tf"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m convert.native_server",
+                                description="time a native LeNet-5 model on request")
+    p.add_argument("framework", choices=sorted(SIDES))
+    p.add_argument("model", help="model.pt or model.keras")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cores", default="", help="comma-separated cores to pin to")
+    p.add_argument("--data-dir", default=None)
+    return p
+
+
+def serve(args: argparse.Namespace, reply) -> int:
+    if args.cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {int(c) for c in args.cores.split(",")})
+    try:
+        import importlib
+
+        from convert import native
+
+        side = importlib.import_module(SIDES[args.framework])
+        runtime, version, prepare = side.native_model(Path(args.model), args.threads)
+        images = native.latency_images(args.data_dir)
+        calls: dict[int, object] = {}
+    except Exception as exc:  # anything: the parent reports it as the native latency's error
+        text = str(exc).strip().splitlines()
+        reply({"ok": False, "error": f"{type(exc).__name__}: {text[0][:300] if text else ''}"})
+        return 1
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    reply({"ok": True, "runtime": runtime, "version": version, "threads": args.threads,
+           "cores": cores, "pid": os.getpid()})
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request.get("op") != "time":
+            break
+        try:
+            batch = int(request["batch"])
+            if batch not in calls:
+                calls[batch] = prepare(images[:batch])
+            plan = TimingPlan(**request["plan"])
+            start = time.monotonic()
+            times = time_calls(calls[batch], plan)
+        except Exception as exc:  # reported, and the parent stops timing this model
+            reply({"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+            continue
+        reply({"ok": True, "times": times, "start": start, "end": time.monotonic()})
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # The protocol keeps the real stdout; fd 1 (print, C libraries) goes to stderr.
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def reply(message: dict) -> None:
+        protocol.write(json.dumps(message) + "\n")
+        protocol.flush()
+
+    return serve(args, reply)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The native model beside an ONNX file, timed in a long-lived process of its own
+(`python -m convert.native_server`) that the validator drives round by round, so that native
+and ONNX latencies are measured in the same time window. Framework-free: the framework lives
+only in that child; this module starts it, talks JSON lines to it, and stops it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from validate import sandbox
+from validate.latency import TimingPlan
+
+MODEL_FILES = {"torch": "model.pt", "tf": "model.keras"}
+MODULES = {"torch": "torch", "tf": "tensorflow"}   # what the child imports
+RUNTIMES = {"torch": "torch", "tf": "tensorflow"}  # latency rows' `runtime`
+ROOT = Path(__file__).resolve().parent.parent      # where `convert` is importable from
+
+
+class NativeFailed(Exception):
+    """The native process could not start, load the model or time it (one line)."""
+
+
+def availability(framework: str, folder: Path) -> str | None:
+    """None when the native model beside the ONNX file can be timed here, else why not."""
+    if framework not in MODEL_FILES:
+        return f"no native framework known for {framework!r}"
+    path = folder / MODEL_FILES[framework]
+    if not path.is_file():
+        return f"no {path.name} beside the ONNX model ({folder})"
+    if importlib.util.find_spec(MODULES[framework]) is None:
+        return f"{MODULES[framework]} is not installed in this Python"
+    return None
+
+
+class NativeProcess:
+    """One native model at one thread count, pinned to `cores`; `start()` returns at once
+    (the framework imports while the validator works), `wait_ready()` waits for the model."""
+
+    def __init__(self, framework: str, folder: Path, threads: int, cores: list[int] | None,
+                 data_dir: str | None) -> None:
+        self.framework, self.threads, self.cores = framework, threads, cores
+        self.path = folder / MODEL_FILES[framework]
+        self.data_dir = data_dir
+        self.runtime = RUNTIMES[framework]
+        self.proc: subprocess.Popen | None = None
+        self.hello: dict | None = None
+        self.last_window: tuple[float, float] | None = None
+
+    def start(self) -> "NativeProcess":
+        cmd = [sys.executable, "-m", "convert.native_server", self.framework, str(self.path),
+               "--threads", str(self.threads)]
+        if self.cores:
+            cmd += ["--cores", ",".join(map(str, self.cores))]
+        if self.data_dir:
+            cmd += ["--data-dir", str(self.data_dir)]
+        self.log = tempfile.TemporaryFile()  # the framework's chatter; read back on failure
+        try:
+            # A framework reserves large address ranges: started without the in-process cap,
+            # bounded like every child by the sandbox's resident-memory watchdog.
+            with sandbox.address_space_unlimited():
+                self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE,
+                                             stdout=subprocess.PIPE, stderr=self.log)
+        except OSError as exc:
+            self.log.close()
+            raise NativeFailed(f"cannot start {' '.join(cmd[:3])} ({exc})") from None
+        return self
+
+    def _log_tail(self) -> str:
+        self.log.seek(0)
+        lines = [line for line in self.log.read().decode("utf-8", "replace").splitlines()
+                 if line.strip() and not line.startswith(("I0000", "W0000"))]
+        return lines[-1].strip()[:300] if lines else "no output"
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line.endswith(b"\n"):
+            status = self.proc.wait()
+            raise NativeFailed(f"the {self.runtime} process exited (status {status}): "
+                               f"{self._log_tail()}")
+        message = json.loads(line)
+        if not message.get("ok"):
+            raise NativeFailed(f"{self.runtime}: {message.get('error', 'failed')}")
+        return message
+
+    def wait_ready(self) -> dict:
+        """The child's hello: runtime, version, threads, cores, pid."""
+        if self.hello is None:
+            if self.proc is None:
+                raise NativeFailed(f"the {self.runtime} process was never started")
+            self.hello = self._read()
+        return self.hello
+
+    def timings(self, feeds: dict[str, np.ndarray], plan: TimingPlan) -> list[float]:
+        """Milliseconds per call of the native model on the first `batch` latency images,
+        timed inside the child."""
+        self.wait_ready()
+        batch = int(next(iter(feeds.values())).shape[0])
+        try:
+            self.proc.stdin.write(json.dumps({"op": "time", "batch": batch,
+                                              "plan": plan.as_dict()}).encode() + b"\n")
+            self.proc.stdin.flush()
+        except OSError:
+            raise NativeFailed(f"the {self.runtime} process is gone: {self._log_tail()}") from None
+        reply = self._read()
+        self.last_window = (float(reply["start"]), float(reply["end"]))
+        return [float(t) for t in reply["times"]]
+
+    def window(self) -> tuple[float, float] | None:
+        return self.last_window
+
+    def close(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            if self.proc.poll() is None:
+                self.proc.stdin.write(b'{"op": "exit"}\n')
+                self.proc.stdin.flush()
+            self.proc.stdin.close()
+            self.proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self.log.close()
+        self.proc = None
+
+    def __enter__(self) -> "NativeProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
