@@ -17,7 +17,7 @@ from train import data
 from validate import parity as par
 from validate import conversion, layers, precision, sandbox, worker
 from validate.latency import METHOD
-from validate.runners import cuda_status, runner_class, runner_keys
+from validate.runners import cuda_status, runner_class
 from validate.worker import Options
 
 SCHEMA_VERSION = 3
@@ -36,7 +36,7 @@ def runner_table(keys: tuple[str, ...], tol: par.Tolerances) -> dict:
     return table
 
 
-def environment(keys: tuple[str, ...] = ()) -> dict:
+def environment() -> dict:
     """Versions, CPU and providers, for the report."""
     cpu = platform.processor() or platform.machine()
     try:
@@ -85,7 +85,7 @@ def validate(target: Path, frameworks: tuple[str, ...], opts: Options,
     report = {"schema_version": SCHEMA_VERSION,
               "passed": all(m["passed"] for m in models.values()),
               "target": str(target.resolve()),
-              "environment": environment(opts.runtimes),
+              "environment": environment(),
               "tolerances": asdict(opts.tolerances),
               "limits": asdict(limits),
               "runners": runner_table(opts.runtimes, opts.tolerances),
@@ -165,8 +165,3 @@ def exit_status(report: dict) -> int:
     if errors(report):
         return 2
     return 0 if report["passed"] else 1
-
-
-def default_runtimes() -> tuple[str, ...]:
-    """Every registered runner (unavailable ones are reported as such)."""
-    return runner_keys()

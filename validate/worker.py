@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from convert.errors import ArtifactError, ToolkitError
 from convert.native import read_history
@@ -279,9 +280,11 @@ def _check_required(outputs: list[RunnerOutput], opts: Options) -> None:
             raise ToolkitError(f"runtime {o.key} ({o.name}) is unavailable here: {o.reason}")
 
 
-def validate_lenet(path: Path, opts: Options, reference_required: bool) -> dict:
-    """Everything the report holds about one model that keeps the I/O contract."""
-    model = art.load_model(path)
+def validate_lenet(path: Path, opts: Options, reference_required: bool,
+                   model: onnx.ModelProto | None = None) -> dict:
+    """Everything the report holds about one model that keeps the I/O contract (`model`: the
+    file already loaded and checked, when the caller has it)."""
+    model = model if model is not None else art.load_model(path)
     art.check_contract(model, path)
     facts = art.model_facts(path, model)
     ref_path = path.parent / "reference.npz"
@@ -480,9 +483,9 @@ def validate_with_test_sets(path: Path, model, sets: list[art.TestDataSet], opts
             "latency": [], "test_data_sets": [str(s.folder) for s in sets]}
 
 
-def validate_foreign(path: Path, opts: Options) -> dict:
+def validate_foreign(path: Path, opts: Options, model: onnx.ModelProto | None = None) -> dict:
     """Any ONNX model (not ours): each runner's outputs against stored test_data_set_* ones."""
-    model = art.load_model(path)
+    model = model if model is not None else art.load_model(path)
     sets = art.test_data_sets(path, model)
     if not sets:
         raise ArtifactError(f"{path}: not a LeNet-5 model of this toolkit (inputs "
@@ -501,11 +504,11 @@ def validate_file(path: Path, opts: Options, reference_required: bool = False) -
     SHA256SUMS beside it when there is one."""
     model = art.load_model(path)
     if art.follows_contract(model):
-        result = validate_lenet(path, opts, reference_required)
+        result = validate_lenet(path, opts, reference_required, model)
     else:
         if reference_required:
             art.check_contract(model, path)  # raises: an artifacts folder holds contract models
-        result = validate_foreign(path, opts)
+        result = validate_foreign(path, opts, model)
     integrity = art.check_sha256sums(path.parent)
     if integrity is not None:
         result["integrity"] = integrity
