@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -54,6 +55,9 @@ def test_report_holds_the_contracted_fields(quick_artifacts):
     assert "CPUExecutionProvider" in env["providers_available"] and env["onnxruntime"]
     for fw in ("torch", "tf"):
         m = report["models"][fw]
+        path = Path(m["facts"]["path"])  # absolute: the report is read from other folders
+        assert path.is_absolute() and path.is_file()
+        assert path.parts[-2:] == Path(m["facts"]["file"]).parts[-2:]
         assert m["parity"]["passed"] and m["parity"]["max_abs_diff"] <= 1e-5
         assert m["parity"]["top1_agreement"] == 1.0 and m["parity"]["flips"] == []
         assert m["accuracy"]["native"] == m["accuracy"]["onnxruntime"]

@@ -128,7 +128,8 @@ class Context:
         facts = self.models.get(fw, {}).get("facts") or {}
         if not facts.get("file"):
             return None
-        path = Path(facts["file"]).parent / "reference.npz"
+        # `path` is absolute (`file` is as given, relative to where the validator ran)
+        path = Path(facts.get("path") or facts["file"]).parent / "reference.npz"
         try:
             with np.load(path) as z:
                 return z["probabilities"].argmax(1)
