@@ -11,7 +11,7 @@ import pytest
 from convert.errors import ArtifactError
 from convert.onnx_utils import save
 from convert.quantize import Calibration, calibration_set, quantize, quantize_int8, variant_path
-from tests.conftest import error_lines, python, run
+from tests.conftest import error_lines, run
 from train import data
 from validate import precision
 from validate.artifacts import load_onnx
@@ -139,11 +139,3 @@ def test_calibration_is_a_seeded_sample_of_training_images(data_dir):
     assert np.array_equal(a.images, data.to_float(train[index]))
     assert calibration_set(str(data_dir), seed=1).description["pixels_sha256"] != \
         a.description["pixels_sha256"]
-
-
-def test_no_framework_is_imported():
-    proc = python("import sys, convert.quantize, validate.precision; "
-                  "print(sorted(m for m in ('torch', 'tensorflow', 'keras', 'tf2onnx') "
-                  "if m in sys.modules))")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -88,17 +88,35 @@ def test_one_full_epoch_reaches_80_percent(framework, parameters, tmp_path):
     ("convert.export_torch", ("tensorflow", "keras", "tf2onnx")),
     ("train.keras_lenet", ("torch", "torchvision")),
     ("convert.export_tf", ("torch", "torchvision")),
-    ("validate.__main__", ("torch", "torchvision", "tensorflow", "keras", "tf2onnx")),
-    ("validate.core", ("torch", "torchvision", "tensorflow", "keras", "tf2onnx")),
-    ("convert.cli", ("torch", "torchvision", "tensorflow", "keras", "tf2onnx")),
-    ("convert.pipeline", ("torch", "torchvision", "tensorflow", "keras", "tf2onnx")),
-    ("train.data", ("torch", "torchvision", "tensorflow", "keras", "tf2onnx")),
 ])
 def test_framework_boundaries(module, forbidden):
     proc = python(f"import importlib, sys\nimportlib.import_module({module!r})\n"
                   f"print(sorted(m for m in {list(forbidden)!r} if m in sys.modules))")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split("\n")[-2] == "[]"
+
+
+FRAMEWORKS_AND_CONVERTERS = ("torch", "torchvision", "tensorflow", "keras", "tf2onnx", "onnx2tf",
+                             "onnx2torch")
+FRAMEWORK_FREE = ("train.data", "convert.cli", "convert.pipeline", "convert.quantize",
+                  "convert.weights", "validate.__main__", "validate.core", "validate.worker",
+                  "validate.html", "validate.layers", "validate.conversion", "validate.precision",
+                  "validate.latency", "validate.native", "validate.sandbox")
+
+
+def test_framework_free_modules_import_no_framework():
+    """Each module in turn, in one interpreter: the first one that pulls a framework in is
+    named."""
+    proc = python("import importlib, json, sys\n"
+                  f"for module in {list(FRAMEWORK_FREE)!r}:\n"
+                  "    importlib.import_module(module)\n"
+                  f"    bad = sorted(m for m in {list(FRAMEWORKS_AND_CONVERTERS)!r} "
+                  "if m in sys.modules)\n"
+                  "    print(json.dumps([module, bad]))\n")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("[")]
+    assert [m for m, _ in results] == list(FRAMEWORK_FREE)
+    assert [(m, bad) for m, bad in results if bad] == []
 
 
 def test_bad_flags_are_one_line_exit_2(tmp_path):
