@@ -119,15 +119,7 @@ class NativeProcess:
     def close(self) -> None:
         if self.proc is None:
             return
-        try:
-            if self.proc.poll() is None:
-                self.proc.stdin.write(b'{"op": "exit"}\n')
-                self.proc.stdin.flush()
-            self.proc.stdin.close()
-            self.proc.wait(timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
+        sandbox.ask_to_exit(self.proc)
         self.proc.stdout.close()
         self.log.close()
         self.proc = None

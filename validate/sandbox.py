@@ -17,6 +17,7 @@ import contextlib
 import multiprocessing
 import resource
 import signal
+import subprocess
 import time
 import traceback
 from dataclasses import dataclass
@@ -90,6 +91,20 @@ def address_space_unlimited():
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def ask_to_exit(proc: subprocess.Popen) -> None:
+    """Stop a child that reads JSON lines on stdin (Node.js runners, native latency servers):
+    send {"op": "exit"}, close its stdin, and kill it if it has not gone within 10 s."""
+    try:
+        if proc.poll() is None:
+            proc.stdin.write(b'{"op": "exit"}\n')
+            proc.stdin.flush()
+        proc.stdin.close()
+        proc.wait(timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait()
 
 
 def memory_failure(text: str) -> bool:

@@ -24,7 +24,7 @@ from typing import ClassVar
 import numpy as np
 
 from validate.latency import TimingPlan
-from validate.sandbox import address_space_unlimited
+from validate.sandbox import address_space_unlimited, ask_to_exit
 from validate.runners.base import Runner, RunnerFailed, RunnerUnavailable, tidy
 
 JS_DIR = Path(__file__).resolve().parent.parent / "js"
@@ -210,15 +210,7 @@ class NodeProcess:
         """Ask the process to exit; kill it if it does not."""
         if self.proc is None:
             return
-        try:
-            if self.proc.poll() is None:
-                self.proc.stdin.write(b'{"op": "exit"}\n')
-                self.proc.stdin.flush()
-            self.proc.stdin.close()
-            self.proc.wait(timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
+        ask_to_exit(self.proc)
         self.replies.close()
         self.log.close()
         self.proc = None
