@@ -21,6 +21,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from train.recipe import default_threads  # framework-free
+
 BATCH_SIZES = (1, 32, 256)
 DEFAULT_ROUNDS = 5
 QUICK_ROUNDS = 3      # --quick: smoke runs
@@ -37,8 +39,8 @@ METHOD = ("each configuration (runtime x batch size x threads) timed in rounds, 
 
 
 def thread_counts() -> list[int]:
-    """1 thread and all cores (once, on a single-core machine)."""
-    return sorted({1, os.cpu_count() or 1})
+    """1 thread and every core this process may use (once, on a single-core machine)."""
+    return sorted({1, default_threads()})
 
 
 @dataclass(frozen=True)
@@ -53,11 +55,6 @@ class TimingPlan:
     min_seconds: float = 1.0
     max_runs: int = 2000
     warmup_seconds: float | None = None
-
-    @classmethod
-    def for_run(cls, quick: bool) -> "TimingPlan":
-        """A single long block, or a light one for smoke runs."""
-        return cls(5, 20, 0.1, 200) if quick else cls()
 
     def more(self, done: int, elapsed: float) -> bool:
         """Should another timed call be made?"""
@@ -121,7 +118,8 @@ class RoundPlan:
 
 @dataclass(frozen=True)
 class Latency:
-    """One runtime at one batch size and thread count (one block of calls)."""
+    """One runtime at one batch size and thread count: the old fields of a report row (the
+    percentiles are medians over rounds, see `rows`)."""
 
     runtime: str            # "onnxruntime", "torch", "tensorflow", "onnxruntime-node", …
     provider: str           # execution provider or device
@@ -132,15 +130,6 @@ class Latency:
     p90_ms: float
     p99_ms: float
     images_per_second: float  # batch_size / p50
-
-
-def summarize(times_ms: list[float], *, runtime: str, provider: str, batch_size: int,
-              threads: int) -> Latency:
-    """Percentiles of per-call times in milliseconds."""
-    ms = np.asarray(times_ms, dtype=np.float64)
-    p50, p90, p99 = (float(np.percentile(ms, q)) for q in (50, 90, 99))
-    return Latency(runtime, provider, batch_size, threads, len(ms), round(p50, 4),
-                   round(p90, 4), round(p99, 4), round(batch_size / (p50 / 1e3), 1))
 
 
 # -- rounds ------------------------------------------------------------------------------------
