@@ -8,7 +8,7 @@ from pathlib import Path
 
 from convert.errors import ArtifactError, ToolkitError, cli_call
 from train.__main__ import add_recipe_args, add_threads_arg
-from train.recipe import FRAMEWORKS, Recipe
+from train.recipe import FRAMEWORKS, Recipe, check_threads
 
 QUICK_LIMIT = 6000  # images in the --quick run's one epoch
 
@@ -101,8 +101,7 @@ def _check_export_inputs(args: argparse.Namespace) -> None:
         raise ArtifactError(f"{checkpoint}: missing; run `python -m convert train "
                             f"{args.framework}` first")
     native.read_history(folder)
-    if args.threads is not None and args.threads < 1:
-        raise ToolkitError(f"--threads must be at least 1, got {args.threads}")
+    check_threads(args.threads)
     args.data_dir = str(data.ensure_files(args.data_dir))
 
 
@@ -122,9 +121,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def set_threads(framework: str, threads: int) -> None:
-    """Pin the framework's intra-op threads (inter-op 1) before it runs any op."""
-    if threads < 1:
-        raise ToolkitError(f"--threads must be at least 1, got {threads}")
+    """Pin the framework's intra-op threads (inter-op 1) before it runs any op (`threads`
+    checked by check_threads)."""
     if framework == "torch":
         import torch
 
@@ -195,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
                     limit=args.limit if args.limit is not None else quick_or_full[1])
     if args.jobs is not None and args.jobs < 1:
         raise ToolkitError(f"--jobs must be at least 1, got {args.jobs}")
+    check_threads(args.threads)
     return run_all(frameworks=args.frameworks, recipe=recipe, data_dir=args.data_dir,
                    artifacts=args.artifacts, force=args.force, quick=args.quick,
                    options=options(args, args.quick, args.data_dir), limits=limits(args),

@@ -23,7 +23,7 @@ from pathlib import Path
 from convert.errors import CRASH_STATUS, ArtifactError
 from convert.fileio import refresh_sha256sums, sha256_file
 from train import data
-from train.recipe import Recipe
+from train.recipe import Recipe, default_threads
 from validate.sandbox import Limits
 from validate.worker import Options
 
@@ -150,18 +150,10 @@ class StageRunner:
         return next((r for r in self.results if r.status), None)
 
 
-def cores() -> int:
-    """CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def plan_threads(frameworks: tuple[str, ...], jobs: int | None,
                  threads: int | None) -> tuple[int, int]:
     """(lanes at once, intra-op threads per stage): the cores divided between the lanes."""
-    n = cores()
+    n = default_threads()
     if jobs is None:
         jobs = min(len(frameworks), n)
     jobs = max(1, min(jobs, len(frameworks)))
@@ -241,7 +233,7 @@ def run_all(frameworks: tuple[str, ...], recipe: Recipe, data_dir: str | None,
     with artifacts_lock(artifacts):
         jobs, threads = plan_threads(frameworks, jobs, threads)
         print(f"== plan: {len(frameworks)} framework lane(s), {jobs} at once, {threads} "
-              f"intra-op thread(s) per stage ({cores()} cores)", flush=True)
+              f"intra-op thread(s) per stage ({default_threads()} cores)", flush=True)
         common = ("--artifacts", str(artifacts), "--data-dir", str(folder))
         recipe_args = ("--epochs", str(recipe.epochs), "--batch-size", str(recipe.batch_size),
                        "--seed", str(recipe.seed), "--threads", str(threads))
