@@ -758,23 +758,22 @@ def sec_latency(ctx: Context) -> str:
     method = ctx.report.get("latency_method")
     if method:
         out.append(f'<p class="note">{escape(method)}.</p>')
-    from validate.report import latency_lines
+    from validate.report import latency_conditions, spread_cell
 
-    conditions = [line[2:] for line in latency_lines(ctx.report)[1:]
-                  if line.startswith(("- ", "  - "))]
+    conditions = latency_conditions(ctx.report)
     if conditions:
-        out.append("<ul>" + "".join(f"<li>{escape(c.lstrip('- '))}</li>" for c in conditions)
+        out.append("<ul>" + "".join(f"<li>{escape(text)}</li>" for _, text in conditions)
                    + "</ul>")
     rows = [[title(fw), _latency_label(fw, r), r.get("provider"), r.get("batch_size"),
              r.get("threads"), r.get("rounds", 1), r.get("runs"), r.get("p50_ms"),
              (f"{r['p50_min_ms']:g}-{r['p50_max_ms']:g}" if "p50_min_ms" in r else None),
-             (f"{r['spread']:.0%}" + (" NOISY" if r["noisy"] else "") if "spread" in r
-              else None),
+             spread_cell(r) if "spread" in r else None,
              r.get("p90_ms"), r.get("p99_ms"),
              round(r["images_per_second"]) if r.get("images_per_second") else None]
             for fw in ctx.ok_models() for r in ctx.models[fw].get("latency") or []]
     if rows:
-        noisy = sum(1 for r in rows if str(r[9]).endswith("NOISY"))
+        noisy = sum(bool(r.get("noisy")) for fw in ctx.ok_models()
+                    for r in ctx.models[fw].get("latency") or [])
         out.append(details(f"all {len(rows)} latency rows ({noisy} noisy)", table(
             ["model", "runtime", "provider", "batch", "threads", "rounds", "runs",
              "p50 ms", "p50 range ms", "spread", "p90 ms", "p99 ms", "images/s"], rows)))
@@ -782,7 +781,7 @@ def sec_latency(ctx: Context) -> str:
         out.append(missing("no latency measured (--no-latency, or no model validated)"))
     speed = [[title(fw), s["runner"], s["baseline"], s["batch_size"], s["threads"],
               f"{s['speedup']:.2f}x", f"{s['speedup_min']:.2f}-{s['speedup_max']:.2f}x",
-              f"{s['spread']:.0%}" + (" NOISY" if s["noisy"] else "")]
+              spread_cell(s)]
              for fw in ctx.ok_models() for s in ctx.models[fw].get("speedups") or []]
     if speed:
         out.append(details("speed-up over the native framework, round by round", table(

@@ -39,10 +39,15 @@ def spread_text(row: dict) -> str:
     return text + (" NOISY" if row.get("noisy") else "")
 
 
-def latency_lines(report: dict) -> list[str]:
-    """The Latency section: method, conditions, every row with median and spread, and the
-    speed-ups over native computed round by round."""
-    out = [report.get("latency_method", "no method recorded") + "."]
+def spread_cell(row: dict) -> str:
+    """'4%' or '27% NOISY': a latency row's or a speed-up's spread, for tables."""
+    return f"{row['spread']:.0%}" + (" NOISY" if row.get("noisy") else "")
+
+
+def latency_conditions(report: dict) -> list[tuple[int, str]]:
+    """(level, sentence) per model and per runtime that could not be timed: rounds, time,
+    cores, load average, native status; for report.md's list and report.html's."""
+    out = []
     for label, m in (report.get("models") or {}).items():
         c = m.get("latency_conditions")
         if not c:
@@ -53,12 +58,20 @@ def latency_lines(report: dict) -> list[str]:
         load = c.get("load_average_start"), c.get("load_average_end")
         load_text = (f"load average (1 min) {load[0][0]:.2f} at start, {load[1][0]:.2f} at end"
                      if load[0] and load[1] else "load average not available")
-        if not out[-1].startswith(("- ", "  - ")):
-            out.append("")
-        out += [f"- {title(label)}: {c['rounds']} rounds per configuration in "
-                f"{c.get('seconds', 0):.0f} s; {cores}; {load_text}; native: {c['native']}"]
-        out += [f"  - not timed: {e['runtime']} ({e['threads']} thread"
-                f"{'s' * (e['threads'] > 1)}): {e['error']}" for e in c.get("errors", [])]
+        out.append((0, f"{title(label)}: {c['rounds']} rounds per configuration in "
+                       f"{c.get('seconds', 0):.0f} s; {cores}; {load_text}; native: {c['native']}"))
+        out += [(1, f"not timed: {e['runtime']} ({e['threads']} thread"
+                    f"{'s' * (e['threads'] > 1)}): {e['error']}") for e in c.get("errors", [])]
+    return out
+
+
+def latency_lines(report: dict) -> list[str]:
+    """The Latency section: method, conditions, every row with median and spread, and the
+    speed-ups over native computed round by round."""
+    out = [report.get("latency_method", "no method recorded") + "."]
+    conditions = latency_conditions(report)
+    if conditions:
+        out += [""] + [f"{'  ' * level}- {text}" for level, text in conditions]
     out += ["", "p50/p90/p99: medians over the rounds of each round's percentile; range: the "
             "lowest and highest round p50; NOISY: that range is wider than 20% of the median.",
             "", "| model | runtime | provider | batch | threads | p50 ms | p50 range ms | spread "
@@ -67,8 +80,7 @@ def latency_lines(report: dict) -> list[str]:
     for label, m in (report.get("models") or {}).items():
         for r in m.get("latency", []):
             rng = (f"{r['p50_min_ms']:.3f}-{r['p50_max_ms']:.3f}" if "p50_min_ms" in r else "n/a")
-            spread = (f"{r['spread']:.0%}" + (" NOISY" if r["noisy"] else "")
-                      if "spread" in r else "n/a")
+            spread = spread_cell(r) if "spread" in r else "n/a"
             out.append(f"| {title(label)} | {r.get('runner', r['runtime'])} | {r['provider']} | "
                        f"{r['batch_size']} | {r['threads']} | {r['p50_ms']:.3f} | {rng} | "
                        f"{spread} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} | "
@@ -82,7 +94,7 @@ def latency_lines(report: dict) -> list[str]:
                 "|---|---|---|---|---|---|---|---|"]
         out += [f"| {title(label)} | {s['runner']} | {s['baseline']} | {s['batch_size']} | "
                 f"{s['threads']} | {s['speedup']:.2f}x | {s['speedup_min']:.2f}-"
-                f"{s['speedup_max']:.2f}x | {s['spread']:.0%}{' NOISY' if s['noisy'] else ''} |"
+                f"{s['speedup_max']:.2f}x | {spread_cell(s)} |"
                 for label, s in speed]
     return out
 
