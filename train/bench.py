@@ -271,9 +271,13 @@ class Case:
             if line.startswith(TAG):
                 return json.loads(line[len(TAG):])
         self.proc.wait()
+        raise self._failed()
+
+    def _failed(self) -> RuntimeError:
+        """The worker's exit status and the end of its stderr."""
         self.stderr.seek(0)
-        raise RuntimeError(f"bench worker {self.framework} {self.mode} exited "
-                           f"{self.proc.returncode}:\n{self.stderr.read()[-3000:]}")
+        return RuntimeError(f"bench worker {self.framework} {self.mode} exited "
+                            f"{self.proc.returncode}:\n{self.stderr.read()[-3000:]}")
 
     def epoch(self, keep: bool = True) -> float:
         """Run one epoch in the worker; return its wall seconds."""
@@ -299,9 +303,7 @@ class Case:
             if line.startswith(TAG):
                 out = json.loads(line[len(TAG):])
         if self.proc.wait():
-            self.stderr.seek(0)
-            raise RuntimeError(f"bench worker {self.framework} {self.mode} exited "
-                               f"{self.proc.returncode}:\n{self.stderr.read()[-3000:]}")
+            raise self._failed()
         return out
 
     def line(self) -> str:
