@@ -26,9 +26,9 @@ import numpy as np
 from convert import weights as cw
 from convert.fileio import sha256_file
 from train import data
-from validate.conversion import (save_twin, CONVERSION, ONNX2TF_DIR, ONNX2TF_FILE, TFLITE_FILE,
+from validate.conversion import (CONVERSION, ONNX2TF_DIR, ONNX2TF_FILE, TFLITE_FILE,
                                  TWIN_NATIVE, TWIN_ONNX, frameworks_present,
-                                 write_probabilities, write_status)
+                                 save_twin, write_probabilities, write_status)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -138,8 +138,9 @@ def make_twin(artifacts: Path, source: str, images: np.ndarray) -> float:
     model = build_twin(weights)
     probabilities = predict(model, images)
     history = twin_history(read_history(folder), weights_sha, weights.architecture, model)
-    save_twin(folder, to_onnx(model, history), probabilities, weights_sha, f"tensorflow {tf.__version__}",
-              "Keras twin (weights.npz)", time.perf_counter() - start)
+    save_twin(folder, to_onnx(model, history), probabilities, weights_sha,
+              f"tensorflow {tf.__version__}", "Keras twin (weights.npz)",
+              time.perf_counter() - start)
     return time.perf_counter() - start
 
 

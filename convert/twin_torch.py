@@ -22,8 +22,8 @@ from convert.fileio import sha256_file
 from convert.native import read_history
 from train import data
 from train.torch_lenet import predict
-from validate.conversion import (save_twin, CONVERSION, ONNX2TORCH_FILE, TWIN_NATIVE, TWIN_ONNX,
-                                 frameworks_present, write_probabilities, write_status)
+from validate.conversion import (CONVERSION, ONNX2TORCH_FILE, TWIN_NATIVE, TWIN_ONNX,
+                                 frameworks_present, save_twin, write_probabilities, write_status)
 
 FRAMEWORK = "torch"
 # (canonical layer, index in LeNet5.features / .classifier): the state_dict keys.
@@ -116,8 +116,9 @@ def make_twin(artifacts: Path, source: str, images: np.ndarray) -> float:
     model = build_twin(weights)
     probabilities = predict(model, images)
     history = twin_history(read_history(folder), weights_sha, weights.architecture)
-    save_twin(folder, to_onnx(model, history), probabilities, weights_sha, f"torch {torch.__version__}",
-              "PyTorch twin (weights.npz)", time.perf_counter() - start)
+    save_twin(folder, to_onnx(model, history), probabilities, weights_sha,
+              f"torch {torch.__version__}", "PyTorch twin (weights.npz)",
+              time.perf_counter() - start)
     return time.perf_counter() - start
 
 

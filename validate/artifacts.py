@@ -123,7 +123,8 @@ def model_facts(path: Path, model: onnx.ModelProto) -> dict:
                  if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
                                     onnx.TensorProto.DOUBLE))
     meta = {p.key: p.value for p in model.metadata_props}
-    return {"file": str(path), "path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": sha256_file(path),
+    return {"file": str(path), "path": str(path.resolve()), "bytes": path.stat().st_size,
+            "sha256": sha256_file(path),
             "opset": opset, "parameters": params,
             "producer": f"{model.producer_name} {model.producer_version}".strip(),
             "metadata": meta,
