@@ -306,8 +306,8 @@ def validate_lenet(path: Path, opts: Options, reference_required: bool,
                                           labels=labels)
         return result | checked
 
-    natives, native_reason = ({}, "--no-latency") if not opts.latency else start_natives(
-        path.parent, str(ref.get("framework", "")), opts)
+    natives, native_reason = (start_natives(path.parent, str(ref.get("framework", "")), opts)
+                              if opts.latency else ({}, None))
     try:
         outputs = [run_contract_runner(k, path, images, sets, opts) for k in opts.runtimes]
         _check_required(outputs, opts)
