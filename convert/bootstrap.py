@@ -23,6 +23,7 @@ STAMP = VENV / ".lenet5-installed"  # sha256 of the pyproject.toml last installe
 JS_DIR = ROOT / "validate" / "js"
 JS_STAMP = JS_DIR / "node_modules" / ".lenet5-installed"  # sha256 of package-lock.json installed
 ONNX2TF = "onnx2tf==1.29.24"  # installed with --no-deps (see _install)
+NEEDS_GB = 9  # .venv after the install: 7.9 GB (torch's CUDA build); pip unpacks beside it
 MODULES = ("numpy", "onnx", "onnxruntime", "onnxscript", "torch", "torchvision", "tensorflow",
            "tf2onnx", "pytest", "psutil", "playwright", "onnxconverter_common", "onnx2torch", "matplotlib", "yaml")
 
@@ -39,14 +40,25 @@ def _installed() -> bool:
     return STAMP.is_file() and STAMP.read_text().strip() == _wanted()
 
 
+def _free_gb() -> float:
+    return shutil.disk_usage(VENV if VENV.exists() else ROOT).free / 1e9
+
+
 def _install(python: Path) -> None:
     print(f"bootstrap: installing the toolkit and its dependencies into {VENV} "
-          "(first run only; several GB)", file=sys.stderr, flush=True)
+          f"(first run only; about {NEEDS_GB} GB)", file=sys.stderr, flush=True)
+    if _free_gb() < NEEDS_GB:
+        print(f"bootstrap: warning: {_free_gb():.1f} GB free on the disk of {VENV}; the install "
+              f"needs about {NEEDS_GB} GB", file=sys.stderr, flush=True)
     cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check",
-           "--progress-bar", "off", "-e", f"{ROOT}[test]"]
+           "--no-cache-dir", "--progress-bar", "off", "-e", f"{ROOT}[test]"]
     if subprocess.run(cmd).returncode:
-        print(f"error: {ROOT / 'pyproject.toml'}: installing the dependencies failed "
-              "(pip's output above says why)", file=sys.stderr)
+        why = "pip's output above says why"
+        if _free_gb() < 1:
+            why = (f"the disk is full: {_free_gb():.1f} GB free, the install needs about "
+                   f"{NEEDS_GB} GB")
+        print(f"error: {ROOT / 'pyproject.toml'}: installing the dependencies failed ({why})",
+              file=sys.stderr)
         sys.exit(2)
     # onnx2tf's own pins would downgrade tensorflow (2.21 -> 2.19): installed without them;
     # what it imports is in pyproject.toml. Without it, the onnx2tf rows say "unavailable".
