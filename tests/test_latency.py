@@ -84,6 +84,7 @@ def test_round_statistics_and_speedups():
     # Round by round: 2, 2.2, 2, 2, 4 -> median 2, although the medians' ratio is 4.2/2 = 2.1.
     assert speed["round_speedups"] == [2.0, 2.2, 2.0, 2.0, 4.0]
     assert speed["speedup"] == 2.0 and speed["speedup_max"] == 4.0 and speed["noisy"]
+    assert speed["speedup_best"] == 4.0  # fastest native round 4.0 / fastest runtime round 1.0
 
 
 def test_every_latency_row_of_the_report_shows_median_and_spread(quick_artifacts):
@@ -100,6 +101,9 @@ def test_every_latency_row_of_the_report_shows_median_and_spread(quick_artifacts
         assert cells[5] == f"{row['p50_ms']:.3f}"
         assert cells[6] == f"{row['p50_min_ms']:.3f}-{row['p50_max_ms']:.3f}"
         assert cells[7].endswith("NOISY") == row["noisy"]
+    for line, s in zip(table[len(rows):], speedups):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[5] == f"{s['speedup']:.2f}x" and cells[8] == f"{s['speedup_best']:.2f}x"
     assert "rounds per configuration" in section and "load average" in section
     assert "interleaved" in report["latency_method"]
 

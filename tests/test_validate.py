@@ -83,6 +83,11 @@ def test_report_holds_the_contracted_fields(quick_artifacts):
         speed = {(s["runner"], s["batch_size"], s["threads"]): s for s in m["speedups"]}
         assert {("onnxruntime-cpu", b, t) for b in (1, 32, 256) for t in {1, cores}} <= set(speed)
         assert all(s["speedup_min"] <= s["speedup"] <= s["speedup_max"] for s in speed.values())
+        rows = {(r.get("runner"), r["batch_size"], r["threads"]): r for r in m["latency"]}
+        for (runner, b, t), s in speed.items():  # the fastest native round / the runtime's
+            native = rows[(None, b, t)]["p50_min_ms"]
+            assert s["speedup_best"] == pytest.approx(native / rows[(runner, b, t)]["p50_min_ms"],
+                                                      rel=5e-3)
         cond = m["latency_conditions"]
         assert cond["rounds"] == 3 and cond["errors"] == []  # --quick: 3 rounds
         assert "side by side" in cond["native"]
