@@ -24,6 +24,7 @@ from convert.fileio import sha256_file
 from convert.onnx_utils import REQUIRED_METADATA
 from validate.artifacts import load_onnx
 from validate.latency import RoundPlan, Subject, measure_rounds, pinned, rows
+from validate.runners.base import RunnerFailed
 from validate.runners.ort import CPU, CpuRunner
 
 PRECISIONS = ("int8", "fp16")
@@ -43,16 +44,20 @@ def has_variants(folder: Path) -> bool:
     return any((folder / variant_file(p)).is_file() for p in PRECISIONS)
 
 
-def _latency(paths: dict[str, Path], images: np.ndarray, quick: bool) -> dict[str, list[dict]]:
-    """FP32 and the variants timed in interleaved rounds (validate.latency), 1 thread, pinned."""
-    plan = RoundPlan.for_run(quick)
+def _latency(paths: dict[str, Path], images: np.ndarray, quick: bool,
+             rounds: int | None) -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """FP32 and the variants timed in interleaved rounds (validate.latency), 1 thread, pinned:
+    the rows per precision, and why a precision's timing stopped, where one did."""
+    plan = RoundPlan.for_run(quick, rounds)
     with pinned(THREADS), contextlib.ExitStack() as stack:
         subjects = {}
         for precision, path in paths.items():
             runner = stack.enter_context(CpuRunner(path, threads=THREADS))
             subjects[precision] = Subject("onnxruntime", CPU, THREADS, runner.timings)
-        measure_rounds(list(subjects.values()), images, plan, batch_sizes=LATENCY_BATCHES)
-    return {precision: rows(s, 0.0) for precision, s in subjects.items()}
+        measure_rounds(list(subjects.values()), images, plan, batch_sizes=LATENCY_BATCHES,
+                       failures=(RunnerFailed,))
+    return ({precision: rows(s, 0.0) for precision, s in subjects.items()},
+            {precision: s.error for precision, s in subjects.items() if s.error})
 
 
 def _load_variant(folder: Path, precision: str, source_sha256: str) -> tuple[Path, dict]:
@@ -71,8 +76,11 @@ def _load_variant(folder: Path, precision: str, source_sha256: str) -> tuple[Pat
 
 
 def evaluate(folder: Path, test_images: np.ndarray, labels: np.ndarray,
-             fp32_probabilities: np.ndarray, quick: bool) -> dict:
-    """Accuracy, gate, agreement, max |diff|, size and latency of each variant in `folder`."""
+             fp32_probabilities: np.ndarray, quick: bool, latency: bool = True,
+             rounds: int | None = None) -> dict:
+    """Accuracy, gate, agreement, max |diff|, size and (unless `latency` is off) latency of
+    each variant in `folder`, timed in `rounds` rounds (None: the validator's default).
+    A variant onnxruntime cannot run raises RunnerFailed."""
     fp32_path = folder / variant_file("fp32")
     labels = np.asarray(labels)
     n = len(labels)
@@ -109,10 +117,14 @@ def evaluate(folder: Path, test_images: np.ndarray, labels: np.ndarray,
         entry["passed"] = bool(lost <= allowed and finite and not missing)
         result[precision] = entry
         result["passed"] = result["passed"] and entry["passed"]
-    timed = _latency({"fp32": fp32_path} | {p: v[0] for p, v in variants.items()}, test_images,
-                     quick)
-    for precision, latency in timed.items():
-        result[precision]["latency"] = latency
+    if not latency:
+        return result
+    timed, errors = _latency({"fp32": fp32_path} | {p: v[0] for p, v in variants.items()},
+                             test_images, quick, rounds)
+    for precision, rows_ in timed.items():
+        result[precision]["latency"] = rows_
+        if precision in errors:
+            result[precision]["latency_error"] = errors[precision]
     return result
 
 
@@ -140,9 +152,9 @@ def failures(framework: str, result: dict) -> list[str]:
 
 
 def _p50(entry: dict, batch: int) -> str:
-    row = next((r for r in entry["latency"] if r["batch_size"] == batch), None)
+    row = next((r for r in entry.get("latency", []) if r["batch_size"] == batch), None)
     if row is None:
-        return "n/a"
+        return "not timed" if "latency_error" in entry else "n/a"
     text = f"{row['p50_ms']:.3f} ms"
     if row.get("rounds"):  # the range of the round p50s
         text += (f" ({row['p50_min_ms']:.3f}-{row['p50_max_ms']:.3f}"
@@ -187,4 +199,7 @@ def markdown(results: dict[str, dict]) -> list[str]:
                 f"{e['accuracy']:.4f} | {e['delta_points']:+.2f} points | "
                 f"{e['top1_agreement']:.2%} ({e['disagreements']} differ) | {diff} | "
                 f"{_p50(e, 1)} | {_p50(e, 256)} | {gate} |")
+    lines += [f"- {NAMES.get(fw, fw)} {p.upper()}: latency not timed: {r[p]['latency_error']}"
+              for fw, r in results.items() for p in ("fp32", *PRECISIONS)
+              if "latency_error" in r.get(p, {})]
     return lines
