@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from convert.errors import ToolkitError
 from validate.latency import TimingPlan, time_calls  # numpy only
 
 SIDES = {"torch": "convert.export_torch", "tf": "convert.export_tf"}
@@ -54,7 +55,10 @@ def serve(args: argparse.Namespace, reply) -> int:
         runtime, version, prepare = side.native_model(Path(args.model), args.threads)
         images = native.latency_images(args.data_dir)
         calls: dict[int, object] = {}
-    except Exception as exc:  # anything: the parent reports it as the native latency's error
+    except ToolkitError as exc:  # the toolkit's own one-line reason (a damaged model file…)
+        reply({"ok": False, "error": str(exc)})
+        return 1
+    except Exception as exc:  # anything else: the parent reports it as the native's error
         text = str(exc).strip().splitlines()
         reply({"ok": False, "error": f"{type(exc).__name__}: {text[0][:300] if text else ''}"})
         return 1

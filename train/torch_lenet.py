@@ -161,6 +161,17 @@ def train(recipe: Recipe, data_dir: str | None, artifacts: Path,
                          threads)
 
 
+def _load_reason(exc: Exception) -> str:
+    """torch.load's own words, short: its advice to load with weights_only=False (which would
+    run code from the file) is left out."""
+    text = str(exc).strip()
+    if "WeightsUnpickler error:" in text:  # not a weights-only pickle: the unpickler's reason
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
+        return f"not a weights-only checkpoint: {detail[0][:150] if detail else 'unreadable'}"
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first.split(". ")[0][:200]
+
+
 def load_model(path: Path) -> LeNet5:
     """Load a state_dict checkpoint without unpickling code (weights_only=True)."""
     if not path.is_file():
@@ -170,6 +181,5 @@ def load_model(path: Path) -> LeNet5:
         model = LeNet5()
         model.load_state_dict(state)
     except Exception as exc:  # a corrupt or foreign file: any failure is the file's fault
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ArtifactError(f"{path}: not a LeNet-5 state_dict ({reason})") from None
+        raise ArtifactError(f"{path}: not a LeNet-5 state_dict ({_load_reason(exc)})") from None
     return model.eval()

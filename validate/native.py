@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +24,8 @@ MODEL_FILES = {"torch": "model.pt", "tf": "model.keras"}
 MODULES = {"torch": "torch", "tf": "tensorflow"}   # what the child imports
 RUNTIMES = {"torch": "torch", "tf": "tensorflow"}  # latency rows' `runtime`
 ROOT = Path(__file__).resolve().parent.parent      # where `convert` is importable from
+START_SECONDS = 600.0  # import the framework, load the model (a busy machine: tens of seconds)
+REPLY_SECONDS = 120.0  # one block of timed calls (a fraction of a second when all is well)
 
 
 class NativeFailed(Exception):
@@ -79,11 +83,19 @@ class NativeProcess:
                  if line.strip() and not line.startswith(("I0000", "W0000"))]
         return lines[-1].strip()[:300] if lines else "no output"
 
-    def _read(self) -> dict:
+    def _read(self, timeout: float) -> dict:
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:  # hung, or stopped from outside: the validation goes on without it
+            self.proc.kill()
+            self.proc.wait()
+            raise NativeFailed(f"the {self.runtime} process gave no answer in {timeout:g} s "
+                               "(stopped)")
         line = self.proc.stdout.readline()
         if not line.endswith(b"\n"):
             status = self.proc.wait()
-            raise NativeFailed(f"the {self.runtime} process exited (status {status}): "
+            why = (" (killed: over the memory limit, --max-memory, or from outside)"
+                   if status == -signal.SIGKILL else "")
+            raise NativeFailed(f"the {self.runtime} process exited (status {status}){why}: "
                                f"{self._log_tail()}")
         message = json.loads(line)
         if not message.get("ok"):
@@ -95,7 +107,7 @@ class NativeProcess:
         if self.hello is None:
             if self.proc is None:
                 raise NativeFailed(f"the {self.runtime} process was never started")
-            self.hello = self._read()
+            self.hello = self._read(START_SECONDS)
         return self.hello
 
     def timings(self, feeds: dict[str, np.ndarray], plan: TimingPlan) -> list[float]:
@@ -109,7 +121,7 @@ class NativeProcess:
             self.proc.stdin.flush()
         except OSError:
             raise NativeFailed(f"the {self.runtime} process is gone: {self._log_tail()}") from None
-        reply = self._read()
+        reply = self._read(REPLY_SECONDS)
         self.last_window = (float(reply["start"]), float(reply["end"]))
         return [float(t) for t in reply["times"]]
 
