@@ -781,12 +781,12 @@ def sec_latency(ctx: Context) -> str:
         out.append(missing("no latency measured (--no-latency, or no model validated)"))
     speed = [[title(fw), s["runner"], s["baseline"], s["batch_size"], s["threads"],
               f"{s['speedup']:.2f}x", f"{s['speedup_min']:.2f}-{s['speedup_max']:.2f}x",
-              spread_cell(s), best_cell(s)]
+              spread_cell(s), best_cell(s), s.get("rounds")]
              for fw in ctx.ok_models() for s in ctx.models[fw].get("speedups") or []]
     if speed:
         out.append(details("speed-up over the native framework, round by round", table(
             ["model", "runtime", "vs", "batch", "threads", "speed-up (median)", "range",
-             "spread", "fastest rounds"], speed)))
+             "spread", "fastest rounds", "rounds"], speed)))
     return "".join(out)
 
 

@@ -224,7 +224,8 @@ def rows(subject: Subject, origin: float) -> list[dict]:
         p99 = statistics.median(r.p99_ms for r in rounds)
         row = asdict(Latency(subject.runtime, subject.provider, batch, subject.threads,
                              sum(r.runs for r in rounds), round(p50, 4), round(p90, 4),
-                             round(p99, 4), round(batch / (p50 / 1e3), 1)))
+                             round(p99, 4),
+                             round(batch / (p50 / 1e3), 1) if p50 > 0 else 0.0))
         row |= {"rounds": len(rounds),
                 "round_p50_ms": [round(r.p50_ms, 4) for r in rounds],
                 "round_p90_ms": [round(r.p90_ms, 4) for r in rounds],
@@ -243,7 +244,7 @@ def speedups(latency_rows: list[dict]) -> list[dict]:
     """Per runtime and configuration, the speed-up over the native framework (native p50 /
     runtime p50, > 1: the runtime is faster), computed round by round (round r of both ran in
     the same window), with its median, min-max spread and noisy flag; and `speedup_best`, the
-    native's fastest round p50 / the runtime's fastest round p50.
+    native's fastest round p50 / the runtime's fastest round p50, both over the paired rounds.
 
     Why both: a shared virtual machine can switch, for seconds at a time, into a state where
     its second core gives a fraction of its speed (two vCPUs on one physical core, say); calls
@@ -259,18 +260,22 @@ def speedups(latency_rows: list[dict]) -> list[dict]:
         base = native.get((r["batch_size"], r["threads"]))
         if "runner" not in r or base is None or not r.get("round_p50_ms"):
             continue
-        ratios = [n / x for n, x in zip(base["round_p50_ms"], r["round_p50_ms"]) if x > 0]
-        if not ratios:
+        # Round r with round r (a subject that stopped early has fewer rounds: the pairs end
+        # there); a p50 of 0 (a clock too coarse for the call) gives no ratio.
+        pairs = [(n, x) for n, x in zip(base["round_p50_ms"], r["round_p50_ms"])
+                 if n > 0 and x > 0]
+        if not pairs:
             continue
+        ratios = [n / x for n, x in pairs]
         med, lo, hi, rel = spread(ratios)
-        best = min(base["round_p50_ms"]) / min(r["round_p50_ms"])
+        best = min(n for n, _ in pairs) / min(x for _, x in pairs)
         out.append({"baseline": base["runtime"], "runner": r["runner"], "runtime": r["runtime"],
                     "provider": r["provider"], "batch_size": r["batch_size"],
                     "threads": r["threads"], "speedup": round(med, 4),
                     "speedup_min": round(lo, 4), "speedup_max": round(hi, 4),
                     "spread": round(rel, 4), "noisy": rel > NOISY_SPREAD,
                     "round_speedups": [round(x, 4) for x in ratios],
-                    "speedup_best": round(best, 4)})
+                    "speedup_best": round(best, 4), "rounds": len(pairs)})
     return out
 
 

@@ -14,11 +14,11 @@ def title(label: str) -> str:
     return NAMES.get(label, label)
 
 
-def _lat(model: dict, runtime_prefix: str, batch: int, threads: int) -> dict | None:
+def _lat(model: dict, runner: str | None, batch: int, threads: int) -> dict | None:
+    """The latency row of one runner (None: the native framework) at a batch and threads."""
     for row in model.get("latency", []):
-        if (row["runtime"].startswith(runtime_prefix) and row["batch_size"] == batch
-                and row["threads"] == threads
-                and row["provider"] in ("cpu", "CPUExecutionProvider")):
+        if (row.get("runner") == runner and row["batch_size"] == batch
+                and row["threads"] == threads):
             return row
     return None
 
@@ -93,11 +93,11 @@ def latency_lines(report: dict) -> list[str]:
                 "fastest rounds: the native's fastest round p50 / the runtime's (the figure to "
                 "compare between runs on a shared machine whose speed comes and goes):", "",
                 "| model | runtime | vs | batch | threads | speed-up (median) | range | spread "
-                "| fastest rounds |",
-                "|---|---|---|---|---|---|---|---|---|"]
+                "| fastest rounds | rounds |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
         out += [f"| {title(label)} | {s['runner']} | {s['baseline']} | {s['batch_size']} | "
                 f"{s['threads']} | {s['speedup']:.2f}x | {s['speedup_min']:.2f}-"
-                f"{s['speedup_max']:.2f}x | {spread_cell(s)} | {best_cell(s)} |"
+                f"{s['speedup_max']:.2f}x | {spread_cell(s)} | {best_cell(s)} | {s.get('rounds', 'n/a')} |"
                 for label, s in speed]
     return out
 
@@ -105,10 +105,6 @@ def latency_lines(report: dict) -> list[str]:
 def best_cell(speedup: dict) -> str:
     """The fastest-rounds speed-up cell ("n/a" in reports made before it was recorded)."""
     return f"{speedup['speedup_best']:.2f}x" if "speedup_best" in speedup else "n/a"
-
-
-def _native(fw: str) -> str:
-    return "torch" if fw == "torch" else "tensorflow"
 
 
 def _ok(m: dict) -> bool:
@@ -123,7 +119,10 @@ def main_table(report: dict) -> list[str]:
     fws = [fw for fw in order if _ok(models[fw])]
     if not fws:
         return []
-    threads_all = report["environment"]["cpu_count"]
+    # "All cores": the most threads timed (the cores this process may use, which a container
+    # or taskset can make fewer than os.cpu_count()).
+    threads_all = max((r["threads"] for fw in fws for r in models[fw].get("latency", [])),
+                      default=report["environment"]["cpu_count"])
     rows: list[tuple[str, list[str]]] = []
 
     def add(label, fn):
@@ -151,9 +150,9 @@ def main_table(report: dict) -> list[str]:
     add("ONNX file / opset", lambda fw, m: f"{m['facts']['bytes'] / 1024:.0f} KiB / {m['facts']['opset']}")
     for batch, threads in ((1, 1), (256, threads_all)):
         add(f"latency p50, batch {batch}, {threads} thread{'s' * (threads > 1)}: native",
-            lambda fw, m, b=batch, t=threads: _fmt_lat(_lat(m, _native(fw), b, t)))
+            lambda fw, m, b=batch, t=threads: _fmt_lat(_lat(m, None, b, t)))
         add(f"latency p50, batch {batch}, {threads} thread{'s' * (threads > 1)}: onnxruntime",
-            lambda fw, m, b=batch, t=threads: _fmt_lat(_lat(m, "onnxruntime", b, t)))
+            lambda fw, m, b=batch, t=threads: _fmt_lat(_lat(m, "onnxruntime-cpu", b, t)))
     lines = ["| | " + " | ".join(title(fw) for fw in fws) + " |",
              "|---|" + "---|" * len(fws)]
     lines += [f"| {label} | " + " | ".join(vals) + " |" for label, vals in rows]

@@ -355,9 +355,14 @@ def validate_lenet(path: Path, opts: Options, reference_required: bool,
     result["latency"] = latency_rows
     if opts.latency:
         result["speedups"] = lat.speedups(latency_rows)
-        result["latency_conditions"] = conditions | {
-            "native": ("measured side by side, in a process of its own" if not native_reason
-                       else f"not measured: {native_reason}")}
+        if any("runner" not in r for r in latency_rows):
+            native_status = "measured side by side, in a process of its own"
+        else:  # the reason it could not start, or why each of its processes stopped
+            native_status = "not measured: " + (native_reason or "; ".join(
+                e["error"] for e in conditions.get("errors", [])
+                if e["runtime"] == native.RUNTIMES.get(str(ref.get("framework", ""))))
+                or "no native row")
+        result["latency_conditions"] = conditions | {"native": native_status}
     result["labels_sha256"] = str(ref.get("test_labels_sha256", ""))
     failed = [name for name, r in runtimes.items() if not r["passed"]]
     result["failed_runtimes"] = failed
@@ -366,9 +371,13 @@ def validate_lenet(path: Path, opts: Options, reference_required: bool,
     if cpu_out is not None and precision.has_variants(path.parent):
         try:
             result["precision"] = precision.evaluate(path.parent, images, labels,
-                                                     cpu_out.probabilities, opts.quick)
+                                                     cpu_out.probabilities, opts.quick,
+                                                     opts.latency, opts.latency_rounds)
         except ArtifactError as exc:  # stale or damaged variants: a failure, not the model's end
             result["precision"] = {"passed": False, "error": str(exc)}
+        except RunnerFailed as exc:  # onnxruntime rejected a variant, or ran out of memory
+            _memory_check(exc)
+            result["precision"] = {"passed": False, "error": f"onnxruntime: {exc}"}
         passed = passed and result["precision"]["passed"]
     if reference_required and (path.parent / conversion.CONVERSION).is_dir():
         result["conversion"] = conversion.evaluate(path.parent.parent, path.parent.name,
