@@ -102,14 +102,15 @@ class StageRunner:
                                                             stage.prefix), daemon=True)]
         for t in copiers:
             t.start()
-        while proc.poll() is None:
-            if self.stop.wait(0.2) and proc.poll() is None:
-                proc.terminate()  # every file is written atomically: stopping loses nothing
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                result.note = "stopped (another stage failed)"
+        try:
+            while proc.poll() is None:
+                if self.stop.wait(0.2) and proc.poll() is None:
+                    _stop(proc)
+                    result.note = "stopped (another stage failed)"
+        except BaseException:  # Ctrl-C or SIGTERM in this (the main) thread
+            self.stop.set()
+            _stop(proc)
+            raise
         for t in copiers:
             t.join()
         with self.lock:
@@ -136,8 +137,14 @@ class StageRunner:
         threads = [threading.Thread(target=self._lane, args=(lane,)) for lane in lanes]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        try:
+            for t in threads:
+                t.join()
+        except BaseException:  # Ctrl-C or SIGTERM: every lane stops its stage, then we go
+            self.stop.set()
+            for t in threads:
+                t.join()
+            raise
 
     def _lane(self, lane: list[Stage]) -> None:
         for stage in lane:
@@ -148,6 +155,16 @@ class StageRunner:
     def failed(self) -> StageResult | None:
         """The first stage that failed (not the ones stopped because of it)."""
         return next((r for r in self.results if r.status), None)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a stage: every file is written atomically, so stopping loses nothing."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def plan_threads(frameworks: tuple[str, ...], jobs: int | None,
