@@ -85,6 +85,12 @@ def test_round_statistics_and_speedups():
     assert speed["round_speedups"] == [2.0, 2.2, 2.0, 2.0, 4.0]
     assert speed["speedup"] == 2.0 and speed["speedup_max"] == 4.0 and speed["noisy"]
     assert speed["speedup_best"] == 4.0  # fastest native round 4.0 / fastest runtime round 1.0
+    assert speed["rounds"] == 5
+    # A runtime that stopped after two rounds is paired with the native's first two only.
+    s_ort.rounds[256] = s_ort.rounds[256][:2]
+    (short,) = lat.speedups(lat.rows(s_native, 0.0) + lat.rows(s_ort, 0.0))
+    assert short["rounds"] == 2 and short["round_speedups"] == [2.0, 2.2]
+    assert short["speedup_best"] == 2.0  # min(4.0, 4.4) / min(2.0, 2.0)
 
 
 def test_every_latency_row_of_the_report_shows_median_and_spread(quick_artifacts):
@@ -104,6 +110,7 @@ def test_every_latency_row_of_the_report_shows_median_and_spread(quick_artifacts
     for line, s in zip(table[len(rows):], speedups):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[5] == f"{s['speedup']:.2f}x" and cells[8] == f"{s['speedup_best']:.2f}x"
+        assert cells[9] == str(s["rounds"]) == str(len(s["round_speedups"]))
     assert "rounds per configuration" in section and "load average" in section
     assert "interleaved" in report["latency_method"]
 
@@ -113,3 +120,94 @@ def test_latency_rounds_must_be_a_positive_number(tmp_path):
     assert proc.returncode == 2
     lines = error_lines(proc)
     assert lines and "--latency-rounds" in lines[-1] and "1 to 100" in lines[-1]
+
+
+def test_a_hung_native_process_is_stopped_and_named(quick_artifacts, monkeypatch):
+    import os
+    import signal
+
+    import numpy as np
+
+    from validate import native
+
+    monkeypatch.setattr(native, "REPLY_SECONDS", 2.0)
+    proc = native.NativeProcess("torch", quick_artifacts / "torch", 1, None, str(DATA_DIR))
+    with proc:
+        proc.wait_ready()
+        os.kill(proc.proc.pid, signal.SIGSTOP)  # alive, but never answers
+        feeds = {"image": np.zeros((1, 1, 28, 28), np.float32)}
+        with pytest.raises(native.NativeFailed, match="gave no answer in 2 s"):
+            proc.timings(feeds, lat.RoundPlan.for_run(True).first)
+        assert proc.proc.poll() is not None  # and it was stopped, not left behind
+
+
+def test_the_native_models_memory_is_not_the_onnx_models(quick_artifacts, tmp_path):
+    # Two native processes of about 0.6 GB each: 900 MiB would stop the model if they counted.
+    proc = run("validate", str(quick_artifacts), "--frameworks", "torch", "--runtimes", "cpu",
+               "--latency-rounds", "1", "--max-memory", "900", "--output", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = json.loads((tmp_path / "report.json").read_text())["models"]["torch"]
+    assert {(r["batch_size"], r["threads"]) for r in m["latency"] if "runner" not in r}
+    assert m["latency_conditions"]["native"].startswith("measured side by side")
+    assert all(r["rounds"] == 1 for r in m["precision"]["fp32"]["latency"])  # --latency-rounds
+
+
+def test_a_native_model_that_cannot_run_costs_only_its_latency(artifacts_copy):
+    (artifacts_copy / "torch" / "model.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
+    proc = run("validate", str(artifacts_copy), "--frameworks", "torch", "--runtimes", "cpu",
+               "--latency-rounds", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = json.loads((artifacts_copy / "report.json").read_text())["models"]["torch"]
+    assert not [r for r in m["latency"] if "runner" not in r]
+    status = m["latency_conditions"]["native"]
+    assert status.startswith("not measured: ") and "not a LeNet-5 state_dict" in status
+    assert "weights_only" not in status  # torch's advice to unpickle code is not passed on
+    assert f"native: {status}" in (artifacts_copy / "report.md").read_text()
+
+
+def test_no_latency_times_nothing_not_even_the_quantized_models(quick_artifacts, tmp_path):
+    proc = run("validate", str(quick_artifacts), "--frameworks", "torch", "--runtimes", "cpu",
+               "--no-latency", "--output", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = json.loads((tmp_path / "report.json").read_text())["models"]["torch"]
+    assert m["latency"] == [] and "speedups" not in m
+    assert m["precision"]["passed"]
+    assert not [p for p in ("fp32", "int8", "fp16") if "latency" in m["precision"][p]]
+
+
+def test_sigterm_stops_the_validator_and_every_process_it_started(quick_artifacts, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "FASHION_MNIST_DIR": str(DATA_DIR), "LENET5_NO_BOOTSTRAP": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "validate", str(quick_artifacts),
+                             "--frameworks", "torch", "--output", str(tmp_path)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def cmdline(p: psutil.Process) -> str:
+        try:
+            return " ".join(p.cmdline())
+        except psutil.Error:
+            return ""
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # until the native servers are up
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        if any("convert.native_server" in cmdline(k) for k in kids):
+            break
+        time.sleep(0.2)
+    kids = psutil.Process(proc.pid).children(recursive=True)
+    assert kids
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert err.strip().splitlines()[-1] == "terminated (SIGTERM)"
+    gone, alive = psutil.wait_procs(kids, timeout=15)
+    assert not alive, [cmdline(k) for k in alive]
+    assert not (tmp_path / "report.json").exists()  # nothing half-written
