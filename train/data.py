@@ -6,6 +6,7 @@ exactly the same arrays.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.client
@@ -144,11 +145,28 @@ def ensure_files(data_dir: str | os.PathLike | None = None) -> Path:
     """
     given = data_dir or os.environ.get(ENV_DIR)
     folder = Path(given).expanduser() if given else default_cache_dir()
-    if folder.exists() and not folder.is_dir():
-        raise DataError(f"{folder}: not a folder")
+    try:
+        existed = folder.exists()
+        if existed and not folder.is_dir():
+            raise DataError(f"{folder}: not a folder")
+        present = {name: (folder / name).is_file() for name in FILES}
+    except OSError as exc:  # a folder this user may not list
+        raise DataError(f"{folder}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        _fill(folder, present, bool(given))
+    except DataError:
+        if not existed:  # a mistyped folder is not left behind, empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    return folder
+
+
+def _fill(folder: Path, present: dict[str, bool], given: bool) -> None:
+    """Verify the files present; copy or download the others (see ensure_files)."""
     for name in FILES:
         path = folder / name
-        if path.is_file():
+        if present[name]:
             _verify(path)
             continue
         if not given:
@@ -158,7 +176,6 @@ def ensure_files(data_dir: str | os.PathLike | None = None) -> Path:
                     shutil.copyfileobj(src, out)
                 continue
         download(name, folder)
-    return folder
 
 
 def parse_idx(data: bytes, name: str, magic: int) -> np.ndarray:
