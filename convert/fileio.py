@@ -67,6 +67,14 @@ def _mkstemp(path: Path, prefix: str, suffix: str) -> tuple[int, str]:
         raise output_error(path, exc) from None
 
 
+def ensure_writable(folder: Path) -> None:
+    """Create `folder` and check that a file can be written there, before long work (a
+    training) that would otherwise end on an unwritable output."""
+    fd, tmp = _mkstemp(Path(folder) / ".write-check", ".write-check.", ".tmp")
+    os.close(fd)
+    os.unlink(tmp)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside `path`; move it into place only if the block succeeds.

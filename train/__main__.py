@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+
+if __name__ == "__main__":  # first of all: a clone's first run installs what the rest imports
+    from convert.bootstrap import ensure_environment
+
+    ensure_environment(sys.argv[1:], "train")
+
+import argparse
 from pathlib import Path
 
-from convert.errors import cli_call
+from convert.errors import ArgumentParser, cli_call
+from convert.fileio import ensure_writable
 from train import data
 from train.recipe import FRAMEWORKS, Recipe, check_threads
 
 
 def parser() -> argparse.ArgumentParser:
     """The training CLI's arguments (shared with `python -m convert train`)."""
-    p = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    p = ArgumentParser(prog="python -m train", description=__doc__)
     p.add_argument("framework", choices=FRAMEWORKS)
     add_recipe_args(p)
     add_threads_arg(p)
@@ -48,6 +55,7 @@ def run(framework: str, recipe: Recipe, data_dir: str | None, artifacts: Path,
     framework."""
     check_threads(threads)
     data.ensure_files(data_dir)  # bad data is one line before a framework is imported
+    ensure_writable(artifacts / framework)  # and an unwritable output before the training
     if framework == "torch":
         from train import torch_lenet as side
     else:

@@ -36,6 +36,8 @@ class Recipe:
             raise ToolkitError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
             raise ToolkitError(f"--limit must be at least 1, got {self.limit}")
+        if not 0 <= self.seed < 2**32:  # what both frameworks' generators accept
+            raise ToolkitError(f"--seed must be between 0 and 2**32 - 1, got {self.seed}")
 
 
 def default_threads() -> int:
