@@ -135,9 +135,13 @@ def _load_source(source: Path) -> onnx.ModelProto:
         raise ArtifactError(f"{source}: missing; run `python -m convert export "
                             f"{source.parent.name}` first")
     try:
-        return onnx.load(str(source))
+        model = onnx.load(str(source))
     except Exception as exc:  # protobuf decode errors: the file is at fault
         raise ArtifactError(f"{source}: not a readable ONNX file ({exc})") from None
+    from validate.artifacts import check_contract  # numpy + onnx only
+
+    check_contract(model, source)  # calibration feeds `image`, the gate reads `probabilities`
+    return model
 
 
 def quantize_int8(source: Path, dest: Path, calibration: Calibration) -> Path:
