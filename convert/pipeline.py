@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from convert.errors import CRASH_STATUS, ArtifactError
+from convert.errors import CRASH_STATUS, STAGE_ENV, ArtifactError
 from convert.fileio import refresh_sha256sums, sha256_file
 from train import data
 from train.recipe import Recipe, default_threads
@@ -43,6 +43,11 @@ def already_trained(folder: Path, framework: str, recipe: Recipe) -> bool:
             and history.get("recipe") == asdict(recipe)
             and history.get("dataset_sha256") == data.DATASET_SHA256
             and history.get("checkpoint_sha256") == sha256_file(checkpoint))
+
+
+def _exported(folder: Path) -> bool:
+    """Does `folder` hold an exported model and its canonical weights (what twins read)?"""
+    return (folder / "lenet5.onnx").is_file() and (folder / "weights.npz").is_file()
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,8 @@ class StageRunner:
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "convert", *stage.args],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                bufsize=1, errors="replace")
+                                bufsize=1, errors="replace",
+                                env={**os.environ, STAGE_ENV: "1"})
         with self.lock:
             self.procs.add(proc)
         copiers = [threading.Thread(target=self._copy, args=(proc.stdout, sys.stdout,
@@ -231,7 +237,8 @@ def _web_demo(artifacts: Path, frameworks: tuple[str, ...], data_folder: Path) -
 def _summary(runner: StageRunner, total: float) -> None:
     print("\nstages (wall time):")
     for r in runner.results:
-        state = f"{r.seconds:7.1f} s" if r.status == 0 else (r.note or f"exit {r.status}")
+        state = (f"{r.seconds:7.1f} s" if r.status == 0 else r.note or f"exit {r.status}"
+                 + (f" after {r.seconds:.1f} s" if r.seconds else ""))
         print(f"  {r.label:<24} {state}")
     print(f"  {'total':<24} {total:7.1f} s", flush=True)
 
@@ -247,7 +254,9 @@ def run_all(frameworks: tuple[str, ...], recipe: Recipe, data_dir: str | None,
     print("== data: checking the four Fashion-MNIST files", flush=True)
     folder = data.ensure_files(data_dir)
     print(f"== data: verified (sha256) in {folder}", flush=True)
+    waiting = time.perf_counter()
     with artifacts_lock(artifacts):
+        start += time.perf_counter() - waiting  # the wait for another run is not this run's
         jobs, threads = plan_threads(frameworks, jobs, threads)
         print(f"== plan: {len(frameworks)} framework lane(s), {jobs} at once, {threads} "
               f"intra-op thread(s) per stage ({default_threads()} cores)", flush=True)
@@ -274,10 +283,12 @@ def run_all(frameworks: tuple[str, ...], recipe: Recipe, data_dir: str | None,
             lanes.append(lane)
         runner.lanes(lanes, jobs)
         # Same weights in the other framework, and every ONNX file back into a framework: one
-        # process per framework, side by side (nothing is timed here).
-        if not runner.failed() and set(frameworks) >= {"torch", "tf"}:
+        # process per framework, side by side (nothing is timed here). Whenever both models
+        # are there: a model trained again alone would otherwise be judged on conversions
+        # made from its previous weights.
+        if not runner.failed() and all(_exported(artifacts / fw) for fw in CHECKPOINTS):
             runner.lanes([[Stage(f"twins {fw}", ("twins", fw, *common, *quick_arg),
-                                 f"[{fw}] ")] for fw in frameworks], jobs)
+                                 f"[{fw}] ")] for fw in CHECKPOINTS], jobs)
         failed = runner.failed()
         if failed:
             _summary(runner, time.perf_counter() - start)
@@ -292,7 +303,7 @@ def run_all(frameworks: tuple[str, ...], recipe: Recipe, data_dir: str | None,
         v_start = time.perf_counter()
         status, _ = validate_and_report(artifacts, frameworks, options, limits, artifacts,
                                         summary)
-        runner.results.append(StageResult("validate", 0, time.perf_counter() - v_start))
+        runner.results.append(StageResult("validate", status, time.perf_counter() - v_start))
         total = time.perf_counter() - start
         _summary(runner, total)
         print(f"\nall stages done in {total:.0f} s; "
