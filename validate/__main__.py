@@ -13,11 +13,17 @@ Needs onnxruntime and numpy only (plus Node.js and Chromium for those runtimes).
 
 from __future__ import annotations
 
-import argparse
 import sys
+
+if __name__ == "__main__":  # first of all: a clone's first run installs what the rest imports
+    from convert.bootstrap import ensure_environment
+
+    ensure_environment(sys.argv[1:], "validate")
+
+import argparse
 from pathlib import Path
 
-from convert.errors import cli_call
+from convert.errors import ArgumentParser, ToolkitError, cli_call
 from convert.fileio import append_text
 from train.recipe import FRAMEWORKS
 from validate.latency import DEFAULT_ROUNDS, QUICK_ROUNDS
@@ -112,8 +118,13 @@ def tolerances(args: argparse.Namespace) -> Tolerances:
 def options(args: argparse.Namespace, quick: bool, data_dir: str | None):
     """Validation options from parsed flags."""
     from validate.worker import Options
-    from validate.runners import runner_keys
+    from validate.runners import runner_class, runner_keys
 
+    for key in args.runtimes or ():  # named: unavailable is an error, said once, before any work
+        reason = runner_class(key).availability()
+        if reason:
+            raise ToolkitError(f"runtime {key} ({runner_class(key).name}) is unavailable here: "
+                               f"{reason}")
     return Options(tolerances=tolerances(args), runtimes=args.runtimes or runner_keys(),
                    required=args.runtimes or (), quick=quick, latency=args.latency,
                    latency_rounds=args.latency_rounds, data_dir=data_dir, layers=args.layers)
@@ -163,7 +174,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
-    p = argparse.ArgumentParser(prog="python -m validate", description=__doc__,
+    p = ArgumentParser(prog="python -m validate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_validate_args(p, positional=True)
     args = p.parse_args(argv)
