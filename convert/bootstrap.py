@@ -151,9 +151,11 @@ def ensure_js_packages() -> None:
     JS_STAMP.write_text(_js_wanted() + "\n")
 
 
-def ensure_environment(argv: list[str]) -> None:
-    """Make sure this process runs with every dependency installed; may re-exec itself."""
-    if os.environ.get("LENET5_NO_BOOTSTRAP") or not (ROOT / "pyproject.toml").is_file():
+def ensure_environment(argv: list[str], module: str = "convert") -> None:
+    """Make sure this process (`python -m MODULE ARGV`) runs with every dependency installed;
+    may re-exec itself in .venv."""
+    if (os.environ.get("LENET5_NO_BOOTSTRAP", "") not in ("", "0")
+            or not (ROOT / "pyproject.toml").is_file()):
         return
     if Path(sys.prefix).resolve() == VENV.resolve():
         if not _installed():
@@ -169,4 +171,4 @@ def ensure_environment(argv: list[str]) -> None:
     if not _installed():
         _install(_venv_python())
     python = str(_venv_python())
-    os.execv(python, [python, "-m", "convert", *argv])
+    os.execv(python, [python, "-m", module, *argv])

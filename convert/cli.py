@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from convert.errors import ArtifactError, ToolkitError, cli_call
+from convert.errors import ArgumentParser, ArtifactError, ToolkitError, cli_call
 from train.__main__ import add_recipe_args, add_threads_arg
 from train.recipe import FRAMEWORKS, Recipe, check_threads
 
@@ -17,7 +17,7 @@ def parser() -> argparse.ArgumentParser:
     """The whole CLI."""
     from validate.__main__ import add_validate_args, frameworks_arg
 
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m convert",
         description="Train LeNet-5 on Fashion-MNIST in PyTorch and TensorFlow, export both to "
                     "ONNX, and validate the ONNX graphs against the trained models.",
@@ -154,7 +154,11 @@ def _test(args: argparse.Namespace) -> int:
     tests = Path(__file__).resolve().parent.parent / "tests"
     if not tests.is_dir():
         raise ToolkitError(f"{tests}: no test suite here; run the tests from a clone")
-    return subprocess.run([sys.executable, "-m", "pytest", str(tests), *args.pytest_args],
+    # The whole suite unless a test file, folder or node id is named (`tests/test_x.py::t`).
+    named = any(not a.startswith("-") and Path(a.split("::")[0]).exists()
+                for a in args.pytest_args)
+    paths = [] if named else [str(tests)]
+    return subprocess.run([sys.executable, "-m", "pytest", *paths, *args.pytest_args],
                           cwd=tests.parent).returncode
 
 

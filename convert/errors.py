@@ -1,10 +1,12 @@
 """The project's exception types, and how the CLIs turn exceptions into exit statuses."""
 
+import argparse
 import contextlib
+import os
 import signal
 import sys
 import traceback
-from typing import Callable
+from typing import Callable, NoReturn
 
 CRASH_STATUS = 3
 
@@ -28,6 +30,14 @@ class OutputError(ToolkitError):
     should be a folder is a file."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a bad flag reported in one line (`error: PROG: …; see PROG --help`),
+    exit status 2, instead of the whole usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message}; see {self.prog} --help\n")
+
+
 class Terminated(BaseException):
     """SIGTERM, raised in the main thread so that every `finally` runs (child processes are
     stopped, temporary files removed), as Ctrl-C does."""
@@ -35,6 +45,15 @@ class Terminated(BaseException):
 
 def _terminate(signum, frame) -> None:
     raise Terminated()
+
+
+STAGE_ENV = "LENET5_PIPELINE_STAGE"  # set by `convert all` for its stages
+
+
+def _stopped(line: str) -> None:
+    # A stage of `convert all` stays silent: the pipeline says it once.
+    if not os.environ.get(STAGE_ENV):
+        print(line, file=sys.stderr)
 
 
 def cli_call(fn: Callable[[], int]) -> int:
@@ -50,11 +69,20 @@ def cli_call(fn: Callable[[], int]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
-        print("interrupted (Ctrl-C)", file=sys.stderr)
+        _stopped("interrupted (Ctrl-C)")
         return 128 + signal.SIGINT
     except Terminated:
-        print("terminated (SIGTERM)", file=sys.stderr)
+        _stopped("terminated (SIGTERM)")
         return 128 + signal.SIGTERM
+    except OSError as exc:
+        if exc.filename is None:  # not about a file the user named: a bug, keep the traceback
+            traceback.print_exc()
+            return CRASH_STATUS
+        # A path the user gave that this user may not read or write, and that no check
+        # before caught: still the environment's problem, in one line.
+        reason = (exc.strerror or str(exc)).lower()
+        print(f"error: {exc.filename}: {reason}", file=sys.stderr)
+        return 2
     except Exception:  # a bug: keep the traceback
         traceback.print_exc()
         return CRASH_STATUS

@@ -26,14 +26,14 @@ import sys
 import time
 from pathlib import Path
 
-from convert.errors import ToolkitError
+from convert.errors import ArgumentParser, ToolkitError
 from validate.latency import TimingPlan, time_calls  # numpy only
 
 SIDES = {"torch": "convert.export_torch", "tf": "convert.export_tf"}
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m convert.native_server",
+    p = ArgumentParser(prog="python -m convert.native_server",
                                 description="time a native LeNet-5 model on request")
     p.add_argument("framework", choices=sorted(SIDES))
     p.add_argument("model", help="model.pt or model.keras")

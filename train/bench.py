@@ -43,17 +43,23 @@ A benchmark, not a test: quote its output with the load it reports.
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # first of all: a clone's first run installs what the rest imports
+    from convert.bootstrap import ensure_environment
+
+    ensure_environment(sys.argv[1:], "train.bench")
+
 import argparse
 import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from convert.errors import cli_call
+from convert.errors import ArgumentParser, cli_call
 from train import data
 from train.recipe import FRAMEWORKS, EpochLog, Recipe, check_threads, default_threads
 
@@ -398,7 +404,7 @@ def pipeline(epochs: int, data_dir: str | None) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the comparison (or the whole-job figure) and print it."""
-    p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__,
+    p = ArgumentParser(prog="python -m train.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
                    help="comma-separated subset of torch,tf (default both)")

@@ -13,12 +13,18 @@ Needs numpy and matplotlib only (no framework).
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # first of all: a clone's first run installs what the rest imports
+    from convert.bootstrap import ensure_environment
+
+    ensure_environment(sys.argv[1:], "validate.html")
+
 import argparse
 import base64
 import io
 import json
 import re
-import sys
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -1034,9 +1040,9 @@ def _load(path: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: report.json -> report.html (and PNG figures on request)."""
-    from convert.errors import cli_call
+    from convert.errors import ArgumentParser, cli_call
 
-    p = argparse.ArgumentParser(prog="python -m validate.html", description=__doc__,
+    p = ArgumentParser(prog="python -m validate.html", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("report", type=Path, nargs="?", default=Path("artifacts"),
                    help="artifacts folder or report.json (default artifacts/)")
