@@ -62,3 +62,68 @@ def test_convert_all_with_a_bad_data_folder(tmp_path):
     bad.write_text("x")
     _one_line(run("convert", "all", "--quick", "--data-dir", str(bad), "--artifacts",
                   str(tmp_path / "a")), str(bad), "not a folder")
+
+
+@pytest.mark.parametrize("argv", [
+    ("convert", "all", "--frameworks", "bogus"),
+    ("convert", "bogus"),
+    ("validate", "--latency-rounds", "0", "."),
+    ("train", "torch", "--no-such-flag"),
+])
+def test_a_bad_flag_is_one_line_not_the_usage_text(argv):
+    _one_line(run(*argv), f"python -m {argv[0]}", "--help")
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_a_seed_neither_framework_takes(framework, tmp_path):
+    _one_line(run("train", framework, "--seed", "-1", "--artifacts", str(tmp_path)), "--seed")
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_an_unwritable_output_is_found_before_the_training(framework, tmp_path):
+    (tmp_path / framework).write_text("a file where the model's folder should be")
+    proc = run("train", framework, "--epochs", "1", "--limit", "64", "--artifacts",
+               str(tmp_path))
+    _one_line(proc, str(tmp_path / framework), "not a folder")
+    assert "training LeNet-5" not in proc.stdout  # said before any training
+
+
+def test_a_mistyped_data_folder_is_not_left_behind(tmp_path):
+    missing = tmp_path / "no-such-folder"
+    # An unreachable mirror: the download fails at once, without the network.
+    proc = run("train", "torch", "--data-dir", str(missing), "--artifacts", str(tmp_path),
+               env={"FASHION_MNIST_URL": "http://127.0.0.1:9/"})
+    _one_line(proc, str(missing), "downloading")
+    assert not missing.exists()
+
+
+def test_quantize_refuses_a_model_that_breaks_the_io_contract(artifacts_copy):
+    import onnx
+    from onnx import TensorProto, helper
+
+    relu = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                             [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    path = artifacts_copy / "torch" / "lenet5.onnx"
+    onnx.save(helper.make_model(relu), str(path))
+    _one_line(run("convert", "quantize", "--frameworks", "torch", "--artifacts",
+                  str(artifacts_copy)), str(path), "breaks the I/O contract")
+
+
+def test_an_unavailable_runtime_named_on_the_command_line_stops_convert_all_at_once(tmp_path):
+    from validate.runners import runner_class
+
+    reason = runner_class("cuda").availability()
+    if reason is None:
+        pytest.skip("CUDA is available here: no runtime is known to be missing")
+    proc = run("convert", "all", "--quick", "--runtimes", "cuda", "--artifacts",
+               str(tmp_path / "a"))
+    _one_line(proc, "runtime cuda", "unavailable")
+    assert "== train" not in proc.stdout  # before any stage
+
+
+def test_convert_test_runs_only_the_tests_named():
+    proc = run("convert", "test", "tests/test_errors.py", "--collect-only", "-q")
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    ids = [line for line in proc.stdout.splitlines() if "::" in line]
+    assert ids and all(i.startswith("tests/test_errors.py::") for i in ids)

@@ -96,3 +96,16 @@ def test_bad_flags_are_exit_2(tmp_path):
     proc = run("convert", "all", "--limit", "0", "--artifacts", str(tmp_path))
     assert proc.returncode == 2
     assert error_lines(proc) == ["error: --limit must be at least 1, got 0"]
+
+
+def test_one_framework_trained_again_gets_fresh_conversions(artifacts_copy):
+    """PyTorch alone, another seed, beside the Keras model of an earlier run: the twins and
+    round trips are made again from the new weights (they were judged stale and failed)."""
+    before = (artifacts_copy / "torch" / "conversion" / "twin_native.npz").read_bytes()
+    proc = run("convert", "all", "--quick", "--frameworks", "torch", "--seed", "7",
+               "--artifacts", str(artifacts_copy), "--runtimes", "cpu", "--no-latency")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "== twins torch" in proc.stdout and "== twins tf" in proc.stdout
+    assert (artifacts_copy / "torch" / "conversion" / "twin_native.npz").read_bytes() != before
+    report = json.loads((artifacts_copy / "report.json").read_text())
+    assert report["models"]["torch"]["conversion"]["passed"]
