@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from convert.errors import CRASH_STATUS, STAGE_ENV, ArtifactError
-from convert.fileio import refresh_sha256sums, sha256_file
+from convert.fileio import append_text, refresh_sha256sums, sha256_file
 from train import data
 from train.recipe import Recipe, default_threads
 from validate.sandbox import Limits
@@ -251,6 +251,8 @@ def run_all(frameworks: tuple[str, ...], recipe: Recipe, data_dir: str | None,
     from validate.__main__ import validate_and_report
 
     start = time.perf_counter()
+    if summary is not None:
+        append_text(summary, "")  # an unwritable --summary is said now, not after the run
     print("== data: checking the four Fashion-MNIST files", flush=True)
     folder = data.ensure_files(data_dir)
     print(f"== data: verified (sha256) in {folder}", flush=True)
