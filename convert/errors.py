@@ -51,8 +51,7 @@ STAGE_ENV = "LENET5_PIPELINE_STAGE"  # set by `convert all` for its stages
 
 
 def _stopped(line: str) -> None:
-    # A stage of `convert all` stays silent: the pipeline says it once.
-    if not os.environ.get(STAGE_ENV):
+    if not os.environ.get(STAGE_ENV):  # a stage of `convert all`: the pipeline says it once
         print(line, file=sys.stderr)
 
 
@@ -61,8 +60,9 @@ def cli_call(fn: Callable[[], int]) -> int:
     and exits 3, so that it is never mistaken for a parity failure (1); Ctrl-C and SIGTERM
     stop it with one line and the shell's status for the signal (130, 143) after cleaning
     up."""
-    with contextlib.suppress(ValueError):  # ValueError: not the main thread
-        signal.signal(signal.SIGTERM, _terminate)
+    if not os.environ.get(STAGE_ENV):  # a stage of `convert all` dies as the pipeline says
+        with contextlib.suppress(ValueError):  # ValueError: not the main thread
+            signal.signal(signal.SIGTERM, _terminate)
     try:
         return fn()
     except ToolkitError as exc:

@@ -13,6 +13,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -99,7 +100,10 @@ class StageRunner:
         proc = subprocess.Popen([sys.executable, "-m", "convert", *stage.args],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 bufsize=1, errors="replace",
-                                env={**os.environ, STAGE_ENV: "1"})
+                                env={**os.environ, STAGE_ENV: "1"},
+                                # its own process group: Ctrl-C reaches the pipeline only,
+                                # which stops each stage with everything the stage started
+                                start_new_session=True)
         with self.lock:
             self.procs.add(proc)
         copiers = [threading.Thread(target=self._copy, args=(proc.stdout, sys.stdout,
@@ -164,13 +168,19 @@ class StageRunner:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """Stop a stage: every file is written atomically, so stopping loses nothing."""
-    proc.terminate()
+    """Stop a stage and every process it started (its process group): every file is written
+    atomically, so stopping loses nothing."""
+    def signal_group(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+
+    signal_group(signal.SIGTERM)
     try:
         proc.wait(10)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        pass
+    signal_group(signal.SIGKILL)  # whatever of the group is still there
+    proc.wait()
 
 
 def plan_threads(frameworks: tuple[str, ...], jobs: int | None,

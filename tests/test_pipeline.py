@@ -109,3 +109,36 @@ def test_one_framework_trained_again_gets_fresh_conversions(artifacts_copy):
     assert (artifacts_copy / "torch" / "conversion" / "twin_native.npz").read_bytes() != before
     report = json.loads((artifacts_copy / "report.json").read_text())
     assert report["models"]["torch"]["conversion"]["passed"]
+
+
+def test_sigterm_stops_convert_all_and_every_stage_with_one_line(tmp_path):
+    import os
+    import signal
+    import sys
+    import time
+
+    import psutil
+
+    from tests.conftest import DATA_DIR, ROOT
+
+    env = {**os.environ, "FASHION_MNIST_DIR": str(DATA_DIR), "LENET5_NO_BOOTSTRAP": "1"}
+    art = tmp_path / "a"
+    proc = subprocess.Popen([sys.executable, "-m", "convert", "all", "--quick", "--artifacts",
+                             str(art)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    kids: list[psutil.Process] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(kids) < 2:  # both training stages running
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        time.sleep(0.2)
+    assert len(kids) >= 2
+    time.sleep(2)
+    kids = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert [line for line in err.splitlines() if line.strip()] == ["terminated (SIGTERM)"]
+    _, alive = psutil.wait_procs(kids, timeout=15)
+    assert not alive
+    assert not [p for p in art.rglob(".*") if p.name != ".lock"]  # no temporary file left
+    assert (art / ".lock").read_text() == ""  # and the lock is free
