@@ -6,6 +6,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -141,9 +142,22 @@ def append_text(path: str | os.PathLike, text: str) -> None:
         raise output_error(Path(path), exc) from None
 
 
+def _finite(obj: object) -> object:
+    """NaN and ±inf as null: JSON has no such numbers (json.dumps would write NaN, which
+    JSON.parse and strict readers reject)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: object) -> None:
-    """Write JSON (indented, keys in insertion order) atomically."""
-    write_text(path, json.dumps(obj, indent=2) + "\n")
+    """Write strict JSON (indented, keys in insertion order, non-finite numbers as null)
+    atomically."""
+    write_text(path, json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n")
 
 
 def sha256_file(path: str | os.PathLike) -> str:

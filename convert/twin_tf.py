@@ -190,9 +190,10 @@ def run_tflite(path: Path, images: np.ndarray) -> np.ndarray:
     return _run_batches(run, images)
 
 
-def onnx2tf_roundtrip(artifacts: Path, framework: str, images: np.ndarray) -> float:
+def onnx2tf_roundtrip(artifacts: Path, framework: str, images: np.ndarray
+                      ) -> tuple[float, str]:
     """ARTIFACTS/FRAMEWORK/lenet5.onnx -> onnx2tf -> SavedModel and float32 TFLite, both run on
-    IMAGES. Call only in the onnx2tf child process."""
+    IMAGES. Call only in the onnx2tf child process. Returns (seconds, why it failed or "")."""
     import onnx2tf
     import tensorflow as tf
 
@@ -233,7 +234,9 @@ def onnx2tf_roundtrip(artifacts: Path, framework: str, images: np.ndarray) -> fl
             write_status(conversion / name, f"failed: {made_by}: {reason}",
                          source_sha256=onnx_sha)
         shutil.rmtree(tmp, ignore_errors=True)
-        return time.perf_counter() - start
+        # The previous run's SavedModel and .tflite are not this model's: not left beside it.
+        shutil.rmtree(conversion / ONNX2TF_DIR, ignore_errors=True)
+        return time.perf_counter() - start, reason
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     _replace_dir(tmp, conversion / ONNX2TF_DIR)
@@ -243,7 +246,7 @@ def onnx2tf_roundtrip(artifacts: Path, framework: str, images: np.ndarray) -> fl
     write_probabilities(conversion / TFLITE_FILE, tflite, runs_in="LiteRT interpreter",
                         made_by=f"{made_by} (float32 .tflite)", source_sha256=onnx_sha,
                         seconds=time.perf_counter() - start)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, ""
 
 
 def roundtrip_child(artifacts: Path, data_dir: str | None) -> int:
@@ -263,7 +266,11 @@ def roundtrip_child(artifacts: Path, data_dir: str | None) -> int:
         return 0
     images = data.to_float(data.load_test(data_dir)[0])
     for framework in present:
-        seconds = onnx2tf_roundtrip(artifacts, framework, images)
+        seconds, failed = onnx2tf_roundtrip(artifacts, framework, images)
+        if failed:
+            _log(f"onnx2tf: {framework}/lenet5.onnx -> SavedModel + TFLite: failed: {failed} "
+                 f"(recorded in {ONNX2TF_FILE} and {TFLITE_FILE})")
+            continue
         _log(f"onnx2tf: {framework}/lenet5.onnx -> SavedModel + TFLite: wrote "
              f"{artifacts / framework / CONVERSION / ONNX2TF_DIR}, {ONNX2TF_FILE} and "
              f"{TFLITE_FILE} ({seconds:.1f} s)")

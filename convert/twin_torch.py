@@ -162,11 +162,12 @@ def onnx2torch_roundtrip(artifacts: Path, framework: str, images: np.ndarray) ->
         write_status(out, f"unavailable: onnx2torch is not installed ({exc}); "
                           "pip install onnx2torch==1.5.15", source_sha256=onnx_sha)
         return time.perf_counter() - start
-    proto = onnx.load(str(path))
-    changed = relax_allowzero(proto)
-    note = (f"Reshape allowzero=1 -> 0 where the shape has no 0 (same function; onnx2torch "
-            f"refuses allowzero=1): {', '.join(changed)}") if changed else ""
+    note = ""
     try:
+        proto = onnx.load(str(path))  # a damaged file is this row's failure too
+        changed = relax_allowzero(proto)
+        note = (f"Reshape allowzero=1 -> 0 where the shape has no 0 (same function; onnx2torch "
+                f"refuses allowzero=1): {', '.join(changed)}") if changed else ""
         module = convert(proto).eval()
         outs = []
         with torch.inference_mode(), warnings.catch_warnings():

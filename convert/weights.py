@@ -110,9 +110,10 @@ def check(weights: Weights, where: str) -> Weights:
                             f"{', '.join(FLATTEN_ORDERS)}")
     if arch.output not in OUTPUTS:
         raise ArtifactError(f"{where}: output {arch.output!r} is not one of {', '.join(OUTPUTS)}")
-    if len(arch.conv_padding) != 2 or not all(0 <= p <= 2 for p in arch.conv_padding):
+    # 0 or 2 for a 5x5 kernel: what both frameworks' LeNet-5 layers express ('valid', 'same').
+    if len(arch.conv_padding) != 2 or not all(p in (0, 2) for p in arch.conv_padding):
         raise ArtifactError(f"{where}: conv_padding {list(arch.conv_padding)} is not two "
-                            "paddings in 0..2")
+                            "paddings of 0 or 2")
     for key, shape in expected_shapes(arch).items():
         if key not in weights.arrays:
             raise ArtifactError(f"{where}: no array {key!r}")
@@ -151,13 +152,20 @@ def load(path: Path) -> Weights:
                            "output") if k not in files]
     if missing:
         raise ArtifactError(f"{path}: not a canonical weights file (no {', '.join(missing)})")
-    if int(files["layout_version"]) != LAYOUT_VERSION:
-        raise ArtifactError(f"{path}: layout_version {int(files['layout_version'])}, this "
-                            f"toolkit reads {LAYOUT_VERSION}; export again")
-    arch = Architecture(source=str(files["source"]), flatten_order=str(files["flatten_order"]),
-                        conv_padding=tuple(int(p) for p in files["conv_padding"]),
-                        output=str(files["output"]))
-    arrays = {k: v.astype(np.float32) for k, v in files.items() if "." in k}
+    try:
+        version = int(files["layout_version"])
+        arch = Architecture(source=str(files["source"]),
+                            flatten_order=str(files["flatten_order"]),
+                            conv_padding=tuple(int(p) for p in np.atleast_1d(
+                                files["conv_padding"])),
+                            output=str(files["output"]))
+        arrays = {k: v.astype(np.float32) for k, v in files.items() if "." in k}
+    except (TypeError, ValueError) as exc:  # a field of the wrong kind: the file's fault
+        raise ArtifactError(f"{path}: not a canonical weights file ({type(exc).__name__}: "
+                            f"{str(exc)[:120]})") from None
+    if version != LAYOUT_VERSION:
+        raise ArtifactError(f"{path}: layout_version {version}, this toolkit reads "
+                            f"{LAYOUT_VERSION}; export again")
     return check(Weights(arrays, arch), str(path))
 
 

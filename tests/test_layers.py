@@ -282,3 +282,23 @@ def test_layers_on_demand_for_healthy_models(artifacts_copy):
         assert [r["layer"] for r in result["rows"]] == LAYERS
         assert all(r["passed"] for r in result["rows"])
     assert "**PyTorch**" in md and "**TensorFlow**" in md and "| conv1 |" in md
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_a_small_bias_shift_is_named_at_its_own_layer(quick_artifacts, framework):
+    """A conv bias moved by 1e-4 of its largest value: its own layer stays under the limit,
+    a later one goes over it; the earliest layer above healthy noise is named."""
+    model, ref = _load(quick_artifacts / framework)
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    for layer, node in zip(("conv1", "conv2"), convs):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        tensor = next(t for t in copy.graph.initializer if t.name == node.input[2])
+        b = numpy_helper.to_array(tensor)
+        tensor.CopyFrom(numpy_helper.from_array((b + 1e-4 * np.abs(b).max()).astype(b.dtype),
+                                                tensor.name))
+        result = layers.diagnose(copy.SerializeToString(), ref, "cpu")
+        assert result["first_divergence"] == layer, result["message"]
+        assert result["first_over_limit"] is not None
+        if result["first_over_limit"] != layer:
+            assert "above a healthy export's noise" in result["message"], result["message"]

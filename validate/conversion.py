@@ -205,6 +205,16 @@ def _onnx_row(key: str, name: str, path: Path, cmd: str, weights_sha: str | None
                                         f"({type(exc).__name__})")
     made_by = f"{meta.get('exporter', '?')} {meta.get('exporter_version', '')}".strip()
     twin_sha = meta.get("twin_weights_sha256")
+    if path.name == TWIN_ONNX:  # must be the twin of these weights, by this row's exporter
+        if weights_sha is None:
+            return _broken(key, name, path, f"missing: {path.parents[1] / WEIGHTS_FILE}; run "
+                                            f"`python -m convert export {path.parents[1].name}`",
+                           made_by)
+        if twin_sha is None or not meta.get("exporter", "").startswith(key):
+            return _broken(key, name, path, f"failed: {path} is not a twin made by `{cmd}` "
+                                            f"(exporter {meta.get('exporter', 'unknown')!r}"
+                                            f"{', no twin_weights_sha256' * (twin_sha is None)})",
+                           made_by)
     if twin_sha is not None and twin_sha != weights_sha:
         return _broken(key, name, path, f"stale: {path} was made from another weights.npz; "
                                         f"run `{cmd}`", made_by)
@@ -221,7 +231,10 @@ def _file_row(key: str, name: str, path: Path, cmd: str, expected_sha: str | Non
               reference: np.ndarray, labels: np.ndarray) -> Row:
     if not path.is_file():
         return _broken(key, name, path, f"missing: {path}; run `{cmd}`")
-    out = read_output(path)
+    try:
+        out = read_output(path)
+    except ArtifactError as exc:  # a damaged output is this row's failure, not the model's
+        return _broken(key, name, path, f"failed: {exc}; run `{cmd}`")
     if expected_sha is None:
         source = WEIGHTS_FILE if key == "twin" else "lenet5.onnx"
         return _broken(key, name, path, f"missing: {Path(path).parents[1] / source}; run "
@@ -231,7 +244,8 @@ def _file_row(key: str, name: str, path: Path, cmd: str, expected_sha: str | Non
                                         f"{'weights.npz' if key == 'twin' else 'lenet5.onnx'}; "
                                         f"run `{cmd}`", out.made_by, out.runs_in)
     if out.status != "ok" or out.probabilities is None:
-        return _broken(key, name, path, out.status, out.made_by, out.runs_in, out.note)
+        status = out.status if out.status != "ok" else f"failed: {path} holds no probabilities"
+        return _broken(key, name, path, status, out.made_by, out.runs_in, out.note)
     return _compare(key, name, out.made_by, out.runs_in, path, out.probabilities, reference,
                     labels, out.seconds, out.note)
 
@@ -275,8 +289,10 @@ def evaluate(artifacts: Path, framework: str, test_images: np.ndarray,
 
 def _figures(row: dict, reference_accuracy: float | None) -> str:
     parts = []
-    if not row["max_abs_diff"] <= ATOL:
-        parts.append(f"max |diff| {row['max_abs_diff']:.3g} > {ATOL:g}")
+    diff = row["max_abs_diff"]
+    if diff is None or not diff <= ATOL:  # None: not finite (NaN is written as null)
+        parts.append(f"max |diff| {'not finite' if diff is None or diff != diff else f'{diff:.3g}'}"
+                     f" > {ATOL:g}")
     if row["flip_count"] > MAX_FLIPS:
         parts.append(f"{row['flip_count']:,} flips")
     if row["accuracy"] != reference_accuracy and reference_accuracy is not None:
