@@ -180,6 +180,41 @@ def test_missing_stale_and_unavailable_rows(twins, tmp_path, test_set):
                for line in conv.failures("tf", tf_result))
 
 
+def test_foreign_damaged_and_empty_conversion_files_are_failed_rows(twins, tmp_path, test_set):
+    import json
+
+    images, labels = test_set
+    art = _copy(twins, tmp_path)
+    folder = art / "torch" / "conversion"
+    # The trained model itself posing as its Keras twin: not a pass by comparing it with itself.
+    shutil.copyfile(art / "torch" / "lenet5.onnx", folder / conv.TWIN_ONNX)
+    # "ok" with no probabilities, and a damaged archive.
+    with np.load(folder / conv.ONNX2TORCH_FILE) as f:
+        kept = {k: f[k] for k in f.files if k != "probabilities"}
+    np.savez(folder / conv.ONNX2TORCH_FILE, **kept)
+    (folder / conv.TFLITE_FILE).write_bytes(b"PK\x03\x04 truncated")
+    result = conv.evaluate(art, "torch", images, labels)
+    rows = {r["key"]: r for r in result["rows"]}
+    assert rows["tf2onnx"]["status"].startswith(f"failed: {folder / conv.TWIN_ONNX} is not a "
+                                                "twin made by `python -m convert twins tf`")
+    assert rows["onnx2torch"]["status"] == (f"failed: {folder / conv.ONNX2TORCH_FILE} holds no "
+                                            "probabilities")
+    assert rows["tflite"]["status"].startswith(f"failed: {folder / conv.TFLITE_FILE}: ")
+    assert all(rows[k]["passed"] is False for k in ("tf2onnx", "onnx2torch", "tflite"))
+    assert not result["passed"] and len(conv.failures("torch", result)) == 3
+    # A NaN in a conversion fails its row and still gives strict JSON.
+    _rewrite_npz(art / "tf" / "conversion" / conv.ONNX2TORCH_FILE,
+                 probabilities=np.full((len(labels), 10), np.nan, np.float32))
+    proc = run("validate", str(art), "--runtimes", "cpu", "--no-latency")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    report = json.loads((art / "report.json").read_text(),
+                        parse_constant=lambda c: pytest.fail(f"{c} in report.json"))
+    tf_rows = {r["key"]: r for r in report["models"]["tf"]["conversion"]["rows"]}
+    assert tf_rows["onnx2torch"]["passed"] is False
+    assert tf_rows["onnx2torch"]["max_abs_diff"] is None  # NaN, written as null
+    assert "error" not in report["models"]["torch"]  # failed rows, not a lost model
+
+
 def test_missing_weights_file_is_one_line(twins, tmp_path):
     art = _copy(twins, tmp_path)
     (art / "torch" / "weights.npz").unlink()
