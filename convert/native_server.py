@@ -34,7 +34,7 @@ SIDES = {"torch": "convert.export_torch", "tf": "convert.export_tf"}
 
 def _parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m convert.native_server",
-                                description="time a native LeNet-5 model on request")
+                       description="time a native LeNet-5 model on request")
     p.add_argument("framework", choices=sorted(SIDES))
     p.add_argument("model", help="model.pt or model.keras")
     p.add_argument("--threads", type=int, default=1)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA_DIR, python
+from tests.conftest import DATA_DIR, error_lines, python, run
 from validate import html as report_html
 
 SECTIONS = ("verdict", "training", "confusion", "per-class", "parity", "latency", "flips",
@@ -173,10 +173,15 @@ def test_missing_pieces_are_said_never_a_crash(quick_report, tmp_path):
 def test_cli_writes_html_and_png(quick_artifacts, tmp_path):
     report = tmp_path / "report.json"
     shutil.copyfile(quick_artifacts / "report.json", report)
-    proc = python("import sys\nfrom validate.html import main\n"
-                  f"sys.exit(main([{str(report)!r}, '--png', "
-                  f"'parity={tmp_path / 'parity.png'}', '--png', 'nope={tmp_path / 'x.png'}']))")
-    assert proc.returncode == 2, proc.stderr
+    # A bad --png is said before anything is written.
+    for bad in (f"nope={tmp_path / 'x.png'}", "parity", f"parity={tmp_path / 'p.svg'}"):
+        proc = run("validate.html", str(report), "--png", f"parity={tmp_path / 'parity.png'}",
+                   "--png", bad)
+        assert proc.returncode == 2, proc.stderr
+        assert error_lines(proc) == [error_lines(proc)[0]]
+        assert error_lines(proc)[0].startswith(f"error: --png {bad}: ")
+        assert not (tmp_path / "report.html").exists() and not (tmp_path / "parity.png").exists()
+    proc = run("validate.html", str(report), "--png", f"parity={tmp_path / 'parity.png'}")
+    assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "report.html").is_file()
     assert (tmp_path / "parity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: --png nope: no such figure")

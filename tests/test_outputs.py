@@ -180,3 +180,19 @@ def test_a_full_disk_while_saving_a_trained_model(framework, tmp_path):
                          f"{reason}"], lines
         assert not (artifacts / framework / "history.json").exists()
         _no_temporary_files(artifacts)
+
+
+def test_report_md_says_why_a_model_failed(artifacts_copy):
+    """A gate failing outside the tables (here SHA256SUMS) is named in report.md, as on
+    stderr; and a threshold is printed as given, not rounded up."""
+    sums = artifacts_copy / "torch" / "SHA256SUMS"
+    sums.write_text("".join("0" * 64 + line[64:] if line.endswith(" lenet5.onnx\n") else line
+                            for line in sums.read_text().splitlines(keepends=True)))
+    proc = run("validate", str(artifacts_copy), "--frameworks", "torch", "--min-agreement",
+               "0.999", *FAST)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    md = (artifacts_copy / "report.md").read_text()
+    lines = error_lines(proc)
+    assert lines and any("SHA256SUMS" in line for line in lines)
+    assert "**Failures**" in md and all(f"- {line}" in md for line in lines)
+    assert "top-1 agreement >= 99.9%" in md

@@ -405,7 +405,7 @@ def pipeline(epochs: int, data_dir: str | None) -> float:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the comparison (or the whole-job figure) and print it."""
     p = ArgumentParser(prog="python -m train.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
                    help="comma-separated subset of torch,tf (default both)")
     p.add_argument("--epochs", type=int, default=None,

@@ -175,7 +175,7 @@ def run_validate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     p = ArgumentParser(prog="python -m validate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_validate_args(p, positional=True)
     args = p.parse_args(argv)
     return cli_call(lambda: run_validate(args))

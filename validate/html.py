@@ -25,6 +25,7 @@ import base64
 import io
 import json
 import re
+import shlex
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -122,9 +123,9 @@ class Context:
         if not self._tried_images:
             self._tried_images = True
             try:
-                from train.data import load_test
+                from train.data import load_test_on_disk
 
-                self._images = load_test(self.data_dir)
+                self._images = load_test_on_disk(self.data_dir)
             except Exception as exc:  # a missing or bad dataset must not stop the report
                 self.notes.append(f"test images unavailable ({one_line(exc)})")
         return self._images
@@ -643,8 +644,11 @@ def sec_verdict(ctx: Context) -> str:
     header, rows = _main_table_rows(r)
     if rows:
         out.append("<h3>TensorFlow vs PyTorch</h3>" + table(header, rows, "main"))
-    else:
+    elif not ctx.ok_models():
         out.append(missing("no model was validated: no comparison table"))
+    else:  # validated, but alone (no reference.npz) or a model of another kind
+        out.append(missing("no comparison table: it needs a LeNet-5 model validated against "
+                           "its native model on the full test set (reference.npz)"))
     cross = r.get("cross_framework")
     if cross:
         out.append(f"<p>Across frameworks (two differently trained models, no tolerance): their "
@@ -664,6 +668,8 @@ def sec_verdict(ctx: Context) -> str:
 
 def sec_training(ctx: Context) -> str:
     """Training curves, with the per-epoch numbers and each recipe."""
+    if not ctx.ok_models():
+        return missing("no model was validated: no training curves")
     out = [figure_html(ctx, "training", "Training loss and accuracy per epoch, both frameworks")]
     fws = [fw for fw in ctx.ok_models()
            if (ctx.models[fw].get("training") or {}).get("history")]
@@ -692,6 +698,8 @@ def sec_training(ctx: Context) -> str:
 
 def sec_confusion(ctx: Context) -> str:
     """Both confusion matrices, with their counts."""
+    if not ctx.ok_models():
+        return missing("no model was validated: no confusion matrices")
     out = [figure_html(ctx, "confusion", "Confusion matrices (rows: true class; colour: "
                                          "fraction of the row; numbers: counts)")]
     names = ctx.class_names()
@@ -784,7 +792,9 @@ def sec_latency(ctx: Context) -> str:
             ["model", "runtime", "provider", "batch", "threads", "rounds", "runs",
              "p50 ms", "p50 range ms", "spread", "p90 ms", "p99 ms", "images/s"], rows)))
     else:
-        out.append(missing("no latency measured (--no-latency, or no model validated)"))
+        out.append(missing("no latency measured: --no-latency, no model validated, or only "
+                           "models of other kinds (latency is timed for LeNet-5 models "
+                           "validated against their native model)"))
     speed = [[title(fw), s["runner"], s["baseline"], s["batch_size"], s["threads"],
               f"{s['speedup']:.2f}x", f"{s['speedup_min']:.2f}-{s['speedup_max']:.2f}x",
               spread_cell(s), best_cell(s), s.get("rounds")]
@@ -812,7 +822,7 @@ def sec_flips(ctx: Context) -> str:
     out = [figure_html(ctx, "flips", f"Flipped test images (the first {MAX_FLIP_IMAGES})",
                        fmt="png")]
     if ctx.test_images() is None:
-        out.append(missing("test images unavailable: indices and labels only"))
+        out.append(missing("test images unavailable: indices and predictions only"))
     out.append(table(["model", "runtime", "test image", "true class", "native", "runtime says"],
                      [[title(r["model"]), r["runtime"], r["index"], name(r["label"]),
                        name(r["native"]), name(r["runtime_prediction"])] for r in rows]))
@@ -844,7 +854,9 @@ def sec_conversion(ctx: Context) -> str:
             verdict = ("pass" if r.get("passed") else "FAIL" if r.get("passed") is False
                        else r.get("status", ""))
             if r.get("status") not in (None, "ok"):
-                verdict = f"{verdict}: {r.get('note') or r.get('status')}"
+                verdict = f"{verdict}: {r.get('status')}"
+            if r.get("note"):  # e.g. what was changed for a converter (same function)
+                verdict = f"{verdict} ({r['note']})"
             rows.append([r.get("name"), r.get("made_by"), r.get("runs_in"),
                          _sci(r.get("max_abs_diff")), r.get("flip_count"),
                          r.get("accuracy"), verdict])
@@ -918,7 +930,8 @@ def sec_reproduce(ctx: Context) -> str:
                    "The recipe each model was trained with is in the training section.</p>")
     if r.get("target"):
         out.append(f"<p>Validate the same models again (onnxruntime and numpy only):</p>"
-                   f"<pre><code>python -m validate {escape(str(r['target']))}</code></pre>")
+                   f"<pre><code>python -m validate {escape(shlex.quote(str(r['target'])))}"
+                   "</code></pre>")
     tol = r.get("tolerances") or {}
     lim = r.get("limits") or {}
     out.append(table(["", ""], [[f"tolerance: {k}", "each runtime's own" if v is None else v]
@@ -1043,7 +1056,7 @@ def main(argv: list[str] | None = None) -> int:
     from convert.errors import ArgumentParser, cli_call
 
     p = ArgumentParser(prog="python -m validate.html", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("report", type=Path, nargs="?", default=Path("artifacts"),
                    help="artifacts folder or report.json (default artifacts/)")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (flipped images)")
@@ -1054,16 +1067,24 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def run() -> int:
+        from convert.errors import ToolkitError
+
+        pngs = []
+        for spec in args.png:  # every spec checked before anything is written
+            name, _, path = spec.partition("=")
+            if not name or not path:
+                raise ToolkitError(f"--png {spec}: expected NAME=PATH")
+            if name not in FIGURES:
+                raise ToolkitError(f"--png {spec}: no figure {name!r} (one of "
+                                   f"{', '.join(FIGURES)})")
+            if Path(path).suffix.lower() != ".png":
+                raise ToolkitError(f"--png {spec}: {path} does not end in .png")
+            pngs.append((name, Path(path)))
         report = _load(args.report)
         folder = args.output or (args.report if args.report.is_dir() else args.report.parent)
         print(write_html(report, folder, args.data_dir))
-        for spec in args.png:
-            name, _, path = spec.partition("=")
-            if not path:
-                from convert.errors import ToolkitError
-
-                raise ToolkitError(f"--png {spec}: expected NAME=PATH")
-            print(save_png(report, name, Path(path), args.data_dir))
+        for name, path in pngs:
+            print(save_png(report, name, path, args.data_dir))
         return 0
 
     return cli_call(run)

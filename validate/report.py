@@ -234,11 +234,14 @@ def markdown(report: dict) -> str:
     out = ["# LeNet-5 on Fashion-MNIST: TensorFlow vs PyTorch, and their ONNX exports", "",
            f"**Verdict: {'PASSED' if report['passed'] else 'FAILED'}** "
            f"(every available runtime within its tolerance of the native model on all test "
-           f"images, top-1 agreement >= {report['tolerances']['min_agreement']:.0%}, accuracy "
-           "equal, batch-invariant, deterministic)", ""]
-    for label, m in report["models"].items():
-        if "error" in m:
-            out += [f"- **{title(label)}: not validated**: {m['error']}"]
+           f"images, top-1 agreement >= {_pct(report['tolerances']['min_agreement'])}, "
+           "accuracy equal, batch-invariant, deterministic)", ""]
+    from validate.core import failures
+
+    bad = [f"**{title(label)}: not validated**: {m['error']}"
+           for label, m in report["models"].items() if "error" in m] + failures(report)
+    if bad:  # why, first: the lines stderr had (a list, then a blank line before the table)
+        out += ["**Failures**", ""] + [f"- {line}" for line in bad] + [""]
     out += main_table(report)
     matrices = {label: m["conversion"] for label, m in report["models"].items()
                 if "conversion" in m}
@@ -315,6 +318,11 @@ def markdown(report: dict) -> str:
             f"{'available' if env['cuda']['available'] else 'unavailable: ' + env['cuda']['reason']}",
             ""]
     return "\n".join(out)
+
+
+def _pct(x: float) -> str:
+    """0.999 -> 99.9%, 1.0 -> 100%: no rounding up of a threshold."""
+    return f"{x * 100:.4g}%"
 
 
 def summary(report: dict) -> str:
