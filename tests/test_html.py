@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA_DIR, error_lines, python, run
+from tests.conftest import DATA_DIR, error_lines, run
 from validate import html as report_html
 
 SECTIONS = ("verdict", "training", "confusion", "per-class", "parity", "latency", "flips",
