@@ -34,6 +34,8 @@ from typing import Callable
 import numpy as np
 
 from convert.fileio import write_bytes, write_text
+from validate.report import (NO_LATENCY, best_cell, latency_conditions, main_table, percent,
+                             spread_cell)
 
 NAMES = {"torch": "PyTorch", "tf": "TensorFlow"}
 FW_COLORS = {"tf": "#e8710a", "torch": "#1f5fa8"}
@@ -176,11 +178,6 @@ def _fmt(v: object) -> str:
         text = json.dumps(v, separators=(", ", ": "))
         return text if len(text) <= 160 else text[:157] + "..."
     return str(v)
-
-
-def _pct(x: object) -> str:
-    """0.999 -> 99.9%, 1.0 -> 100%."""
-    return f"{float(x) * 100:.4f}".rstrip("0").rstrip(".") + "%"
 
 
 def table(header: list[str], rows: list[list[object]], cls: str = "") -> str:
@@ -610,8 +607,6 @@ def figure_html(ctx: Context, name: str, alt: str, fmt: str = "svg") -> str:
 
 def _main_table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     """validate.report.main_table's Markdown lines as a header and rows."""
-    from validate.report import main_table
-
     lines = main_table(report)
     if not lines:
         return [], []
@@ -627,7 +622,7 @@ def sec_verdict(ctx: Context) -> str:
     out = [f'<p class="verdict {"pass" if passed else "fail"}">'
            f'{"PASSED" if passed else "FAILED"}</p>',
            f'<p>Every available runtime within its tolerance of the native model on all test '
-           f'images, top-1 agreement &ge; {_pct(tol.get("min_agreement", 1.0))}, '
+           f'images, top-1 agreement &ge; {percent(tol.get("min_agreement", 1.0))}, '
            f"accuracy equal, batch-invariant, deterministic.</p>"]
     try:
         from validate.core import errors, failures
@@ -772,8 +767,6 @@ def sec_latency(ctx: Context) -> str:
     method = ctx.report.get("latency_method")
     if method:
         out.append(f'<p class="note">{escape(method)}.</p>')
-    from validate.report import best_cell, latency_conditions, spread_cell
-
     conditions = latency_conditions(ctx.report)
     if conditions:
         out.append("<ul>" + "".join(f"<li>{escape(text)}</li>" for _, text in conditions)
@@ -792,9 +785,7 @@ def sec_latency(ctx: Context) -> str:
             ["model", "runtime", "provider", "batch", "threads", "rounds", "runs",
              "p50 ms", "p50 range ms", "spread", "p90 ms", "p99 ms", "images/s"], rows)))
     else:
-        out.append(missing("no latency measured: --no-latency, no model validated, or only "
-                           "models of other kinds (latency is timed for LeNet-5 models "
-                           "validated against their native model)"))
+        out.append(missing(NO_LATENCY))
     speed = [[title(fw), s["runner"], s["baseline"], s["batch_size"], s["threads"],
               f"{s['speedup']:.2f}x", f"{s['speedup_min']:.2f}-{s['speedup_max']:.2f}x",
               spread_cell(s), best_cell(s), s.get("rounds")]

@@ -7,6 +7,14 @@ from pathlib import Path
 from convert.fileio import write_json, write_text
 
 NAMES = {"torch": "PyTorch", "tf": "TensorFlow"}
+NO_LATENCY = ("no latency measured: --no-latency, no model validated, or only models of other "
+              "kinds (latency is timed for LeNet-5 models validated against their native "
+              "model)")  # report.md and report.html
+
+
+def percent(x: object) -> str:
+    """0.999 -> 99.9%, 1.0 -> 100%: a threshold as given, never rounded up (both reports)."""
+    return f"{float(x) * 100:.4f}".rstrip("0").rstrip(".") + "%"
 
 
 def title(label: str) -> str:
@@ -68,6 +76,8 @@ def latency_conditions(report: dict) -> list[tuple[int, str]]:
 def latency_lines(report: dict) -> list[str]:
     """The Latency section: method, conditions, every row with median and spread, and the
     speed-ups over native computed round by round."""
+    if not any(m.get("latency") for m in (report.get("models") or {}).values()):
+        return [NO_LATENCY[0].upper() + NO_LATENCY[1:] + "."]
     out = [report.get("latency_method", "no method recorded") + "."]
     conditions = latency_conditions(report)
     if conditions:
@@ -97,8 +107,8 @@ def latency_lines(report: dict) -> list[str]:
                 "|---|---|---|---|---|---|---|---|---|---|"]
         out += [f"| {title(label)} | {s['runner']} | {s['baseline']} | {s['batch_size']} | "
                 f"{s['threads']} | {s['speedup']:.2f}x | {s['speedup_min']:.2f}-"
-                f"{s['speedup_max']:.2f}x | {spread_cell(s)} | {best_cell(s)} | {s.get('rounds', 'n/a')} |"
-                for label, s in speed]
+                f"{s['speedup_max']:.2f}x | {spread_cell(s)} | {best_cell(s)} | "
+                f"{s.get('rounds', 'n/a')} |" for label, s in speed]
     return out
 
 
@@ -234,7 +244,7 @@ def markdown(report: dict) -> str:
     out = ["# LeNet-5 on Fashion-MNIST: TensorFlow vs PyTorch, and their ONNX exports", "",
            f"**Verdict: {'PASSED' if report['passed'] else 'FAILED'}** "
            f"(every available runtime within its tolerance of the native model on all test "
-           f"images, top-1 agreement >= {_pct(report['tolerances']['min_agreement'])}, "
+           f"images, top-1 agreement >= {percent(report['tolerances']['min_agreement'])}, "
            "accuracy equal, batch-invariant, deterministic)", ""]
     from validate.core import failures
 
@@ -318,11 +328,6 @@ def markdown(report: dict) -> str:
             f"{'available' if env['cuda']['available'] else 'unavailable: ' + env['cuda']['reason']}",
             ""]
     return "\n".join(out)
-
-
-def _pct(x: float) -> str:
-    """0.999 -> 99.9%, 1.0 -> 100%: no rounding up of a threshold."""
-    return f"{x * 100:.4g}%"
 
 
 def summary(report: dict) -> str:
