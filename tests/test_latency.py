@@ -171,6 +171,8 @@ def test_no_latency_times_nothing_not_even_the_quantized_models(quick_artifacts,
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = json.loads((tmp_path / "report.json").read_text())["models"]["torch"]
     assert m["latency"] == [] and "speedups" not in m
+    section = (tmp_path / "report.md").read_text().split("## Latency", 1)[1].split("\n## ")[0]
+    assert section.strip().startswith("No latency measured: --no-latency")  # not an empty table
     assert m["precision"]["passed"]
     assert not [p for p in ("fp32", "int8", "fp16") if "latency" in m["precision"][p]]
 
