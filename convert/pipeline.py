@@ -25,6 +25,7 @@ from convert.errors import CRASH_STATUS, STAGE_ENV, ArtifactError
 from convert.fileio import append_text, refresh_sha256sums, sha256_file
 from train import data
 from train.recipe import Recipe, default_threads
+from validate.conversion import frameworks_present
 from validate.sandbox import Limits
 from validate.worker import Options
 
@@ -44,11 +45,6 @@ def already_trained(folder: Path, framework: str, recipe: Recipe) -> bool:
             and history.get("recipe") == asdict(recipe)
             and history.get("dataset_sha256") == data.DATASET_SHA256
             and history.get("checkpoint_sha256") == sha256_file(checkpoint))
-
-
-def _exported(folder: Path) -> bool:
-    """Does `folder` hold an exported model and its canonical weights (what twins read)?"""
-    return (folder / "lenet5.onnx").is_file() and (folder / "weights.npz").is_file()
 
 
 @dataclass(frozen=True)
@@ -298,7 +294,7 @@ def run_all(frameworks: tuple[str, ...], recipe: Recipe, data_dir: str | None,
         # process per framework, side by side (nothing is timed here). Whenever both models
         # are there: a model trained again alone would otherwise be judged on conversions
         # made from its previous weights.
-        if not runner.failed() and all(_exported(artifacts / fw) for fw in CHECKPOINTS):
+        if not runner.failed() and len(frameworks_present(artifacts)) == len(CHECKPOINTS):
             runner.lanes([[Stage(f"twins {fw}", ("twins", fw, *common, *quick_arg),
                                  f"[{fw}] ")] for fw in CHECKPOINTS], jobs)
         failed = runner.failed()
