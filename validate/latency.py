@@ -33,9 +33,10 @@ METHOD = ("each configuration (runtime x batch size x threads) timed in rounds, 
           "warm-up before a runtime's first round and a few untimed calls at the start of each; "
           "per round p50/p90/p99 of single calls, reported as the median over rounds with the "
           "min-max spread of the round p50s (noisy: spread > 20% of the median); speed-ups vs "
-          "native computed round by round (median), and fastest round vs fastest round; images/s = batch / p50; threads pinned (onnxruntime "
-          "intra-op as stated, inter-op 1) and each timed process pinned to as many cores as "
-          "threads where the OS allows; runtimes in another process are timed inside it")
+          "native computed round by round (median), and fastest round vs fastest round; "
+          "images/s = batch / p50; threads pinned (onnxruntime intra-op as stated, inter-op 1) "
+          "and each timed process pinned to as many cores as threads where the OS allows; "
+          "runtimes in another process are timed inside it")
 
 
 def thread_counts() -> list[int]:
@@ -182,8 +183,8 @@ def measure_rounds(subjects: list[Subject], images: np.ndarray, plan: RoundPlan,
     timed just before spin-wait for a while after their last call, and a block that starts
     meanwhile finds one core taken (measured here: onnxruntime at batch 256 on 2 threads ran
     at its 1-thread speed in about one block in three without the pause, in none with 0.1 s).
-    Fills each subject's `rounds`. An exception
-    of a type in `failures` stops that subject (its `error` says why); the others go on."""
+    Fills each subject's `rounds`. An exception of a type in `failures` stops that subject
+    (its `error` says why); the others go on."""
     feeds = {b: {"image": np.ascontiguousarray(images[:b])} for b in batch_sizes}
     for r in range(plan.rounds):
         order = subjects if r % 2 == 0 else subjects[::-1]

@@ -59,7 +59,7 @@ class NativeProcess:
         self.last_window: tuple[float, float] | None = None
 
     def start(self) -> "NativeProcess":
-        cmd = [sys.executable, "-m", "convert.native_server", self.framework, str(self.path),
+        cmd = [sys.executable, "-m", sandbox.NATIVE_SERVER, self.framework, str(self.path),
                "--threads", str(self.threads)]
         if self.cores:
             cmd += ["--cores", ",".join(map(str, self.cores))]
@@ -68,7 +68,7 @@ class NativeProcess:
         self.log = tempfile.TemporaryFile()  # the framework's chatter; read back on failure
         try:
             # A framework reserves large address ranges: started without the in-process cap,
-            # bounded like every child by the sandbox's resident-memory watchdog.
+            # and bounded by the sandbox's resident-memory watchdog on its own (sandbox._split).
             with sandbox.address_space_unlimited():
                 self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE,
                                              stdout=subprocess.PIPE, stderr=self.log)
