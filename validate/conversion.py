@@ -12,6 +12,7 @@ with 0 flips: that is the conversion's verdict. A row that could not run here is
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -291,8 +292,8 @@ def _figures(row: dict, reference_accuracy: float | None) -> str:
     parts = []
     diff = row["max_abs_diff"]
     if diff is None or not diff <= ATOL:  # None: not finite (NaN is written as null)
-        parts.append(f"max |diff| {'not finite' if diff is None or diff != diff else f'{diff:.3g}'}"
-                     f" > {ATOL:g}")
+        shown = f"{diff:.3g}" if diff is not None and math.isfinite(diff) else "not finite"
+        parts.append(f"max |diff| {shown} > {ATOL:g}")
     if row["flip_count"] > MAX_FLIPS:
         parts.append(f"{row['flip_count']:,} flips")
     if row["accuracy"] != reference_accuracy and reference_accuracy is not None:

@@ -379,6 +379,11 @@ def run_layers(model: onnx.ModelProto, layers: list[dict], images: np.ndarray,
     return runner, values
 
 
+def _noise_limit(row: dict) -> float:
+    """Healthy noise for a row: NOISE_CEILING, scaled like its tolerance."""
+    return NOISE_CEILING * row["tolerance"] / TOLERANCE
+
+
 def summary(rows: list[dict]) -> dict:
     """first_divergence (or None) and the message for a list of per-layer rows: when a layer is
     over the limit, the earliest layer above healthy noise (see NOISE_CEILING), which is that
@@ -386,8 +391,7 @@ def summary(rows: list[dict]) -> dict:
     over = next((r for r in rows if not r["passed"]), None)
     first = over
     if over is not None:
-        first = next(r for r in rows if r is over or
-                     r["rel_error"] > NOISE_CEILING * r["tolerance"] / TOLERANCE)
+        first = next(r for r in rows if r is over or r["rel_error"] > _noise_limit(r))
     result = {"rows": rows, "first_divergence": first["layer"] if first else None,
               "first_over_limit": over["layer"] if over else None}
     result["message"] = failure_clause(result)
@@ -459,10 +463,9 @@ def failure_clause(result: dict) -> str:
     k = next(i for i, r in enumerate(rows) if r["layer"] == first)
     row = rows[k]
     if row["passed"]:  # under the limit but above noise, and a later layer is over it
-        noise = NOISE_CEILING * row["tolerance"] / TOLERANCE
         head = (f"first divergence at {first} (max |diff| {row['max_abs_diff']:.2g}, relative "
-                f"{row['rel_error']:.2g} > {_short(noise)}, above a healthy export's noise; "
-                f"the first layer over {_short(row['tolerance'])} is "
+                f"{row['rel_error']:.2g} > {_short(_noise_limit(row))}, above a healthy "
+                f"export's noise; the first layer over {_short(row['tolerance'])} is "
                 f"{result.get('first_over_limit')}")
     else:
         head = (f"first divergence at {first} (max |diff| {row['max_abs_diff']:.2g}, relative "
