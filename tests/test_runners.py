@@ -5,6 +5,7 @@ Node, a headless Chromium), and the web demo opened in that browser."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import subprocess
 import sys
@@ -188,3 +189,33 @@ def test_web_demo_classifies_test_images(artifacts_copy, data_dir):
         # The page's predictions are the model's: the same top-1 as the native reference.
         assert shown["predicted"] == reference[indices].argmax(1).tolist(), fw
         assert shown["correct"] == int((reference[indices].argmax(1) == labels[indices]).sum())
+
+
+def _litter(home, tmp) -> list[str]:
+    """What onnxruntime's telemetry leaves: files under ~/.cache/Microsoft, and `.ses` and
+    mat-debug-PID.log (onnxruntime-node) in the temporary folder."""
+    found = [str(p) for p in (home / ".cache").rglob("*")] if (home / ".cache").exists() else []
+    return found + [p.name for p in tmp.iterdir() if p.name == ".ses"
+                    or p.name.startswith("mat-debug-")]
+
+
+def test_onnxruntime_telemetry_is_off_and_leaves_nothing(quick_artifacts, data_dir, tmp_path):
+    from tests.conftest import ROOT
+
+    model = str(quick_artifacts / "torch" / "lenet5.onnx")
+    left = {}
+    for setting in ("1", None, "0"):  # None: the toolkit's default; "0": the user opted in
+        home, tmp = tmp_path / f"home{setting}", tmp_path / f"tmp{setting}"
+        home.mkdir(), tmp.mkdir()
+        env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+        env |= {"HOME": str(home), "TMPDIR": str(tmp), "LENET5_NO_BOOTSTRAP": "1"}
+        if setting is not None:
+            env["ORT_DISABLE_TELEMETRY"] = setting
+        proc = subprocess.run([sys.executable, "-m", "validate", model, "--runtimes", "cpu,node",
+                               "--no-latency", "--data-dir", str(data_dir)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        left[setting] = _litter(home, tmp)
+    assert left["1"] == [] and left[None] == [], left
+    # The check can see the files: with telemetry on, both runtimes leave them.
+    assert any(".ses" in p for p in left["0"]) and any("mat-debug-" in p for p in left["0"])
