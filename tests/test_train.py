@@ -70,6 +70,54 @@ def test_bench_compares_seed_and_toolkit_side_by_side():
         assert float(ratio.split("= ")[1].split("x")[0]) > 0
 
 
+def test_torch_epoch_matches_torch_optim_adam_bit_for_bit(data_dir):
+    """The toolkit's lean Adam and end-of-epoch bookkeeping against the textbook loop:
+    torch.optim.Adam(fused=True), the loss and hits summed step by step with .item()."""
+    code = f"""
+import torch
+from torch.nn import functional as F
+from train import data
+from train.recipe import EpochLog, Recipe
+from train.torch_lenet import LeNet5, Trainer, make_deterministic, to_channels_last
+torch.set_num_threads(1)
+ds = data.load({str(data_dir)!r})
+n = 650  # 20 batches of 32 and a short one of 10
+images, labels = data.to_float(ds.train_images[:n]), ds.train_labels[:n]
+recipe = Recipe(epochs=2)
+make_deterministic(recipe.seed)
+trainer = Trainer(recipe, images, labels)
+log = EpochLog("torch", recipe, 21)
+toolkit = [trainer.epoch(log) for _ in range(2)]
+
+make_deterministic(recipe.seed)
+model = LeNet5().to(memory_format=torch.channels_last)
+optimizer = torch.optim.Adam(model.parameters(), lr=recipe.learning_rate, fused=True)
+generator = torch.Generator().manual_seed(recipe.seed)
+x_all, y_all = to_channels_last(torch.from_numpy(images)), torch.from_numpy(labels.astype("int64"))
+textbook = []
+for _ in range(2):
+    order = torch.randperm(n, generator=generator)
+    loss_sum, hits = 0.0, 0
+    for start in range(0, n, 32):
+        idx = order[start:start + 32]
+        optimizer.zero_grad()
+        logits = model(x_all[idx])
+        loss = F.cross_entropy(logits, y_all[idx])
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(idx)
+        hits += int((logits.argmax(1) == y_all[idx]).sum())
+    textbook.append((loss_sum / n, hits / n))
+ours, theirs = trainer.model.state_dict(), model.state_dict()
+assert all(torch.equal(ours[k], theirs[k]) for k in theirs), "weights differ"
+for (loss_a, acc_a), (loss_b, acc_b) in zip(toolkit, textbook):
+    assert abs(loss_a - loss_b) < 1e-12 * loss_b and acc_a == acc_b, (toolkit, textbook)
+print("ok", toolkit)
+"""
+    proc = python(code)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
 @pytest.mark.parametrize("framework,parameters", [("torch", 61706), ("tf", 107786)])
 def test_one_full_epoch_reaches_80_percent(framework, parameters, tmp_path):
     h = _train(framework, tmp_path, "--epochs", "1")
