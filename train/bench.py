@@ -8,7 +8,8 @@ times whole training epochs (60,000 images, batch 32, Adam 1e-3) in four cases:
                  per step (`.item()`), on train.torch_lenet.LeNet5 (the seed's module).
 - torch toolkit: train.torch_lenet.Trainer, what `python -m train torch` runs: the images
                  scaled once into one float32 channels-last tensor, batches gathered by a
-                 seeded index permutation, fused Adam.
+                 seeded index permutation, the fused Adam kernel called without
+                 torch.optim's per-step bookkeeping, loss and hits summed once per epoch.
 - tf seed:       `keras.datasets.fashion_mnist`, pixels / 255.0 as float64 NumPy arrays, the
                  `keras.Sequential` LeNet-5 (train.keras_lenet.build_model) compiled with
                  Adam, sparse categorical cross-entropy and an accuracy metric, and one
