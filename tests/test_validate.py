@@ -137,6 +137,28 @@ def _one_line(proc, *fragments: str) -> None:
         assert f in lines[0]
 
 
+def test_a_pipe_in_a_model_name_keeps_the_markdown_tables_whole(quick_artifacts, tmp_path):
+    import re
+    import shutil
+
+    folder = tmp_path / "a|b"
+    folder.mkdir()
+    shutil.copy(quick_artifacts / "torch" / "lenet5.onnx", folder / "x|y.onnx")
+    shutil.copytree(quick_artifacts / "torch" / "test_data_set_0", folder / "test_data_set_0")
+    proc = run("validate", str(folder / "x|y.onnx"), *FAST, "--output", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "x\\|y" in md
+    width = None  # every row of a table has as many cells as its header
+    for line in md.splitlines():
+        if not line.startswith("|"):
+            width = None
+            continue
+        cells = len(re.split(r"(?<!\\)\|", line)) - 2
+        width = width or cells
+        assert cells == width, line
+
+
 def test_missing_artifacts_folder(tmp_path):
     _one_line(run("validate", str(tmp_path / "nope")), str(tmp_path / "nope"),
               "no artifacts folder")

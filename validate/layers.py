@@ -488,7 +488,8 @@ def markdown(result: dict) -> list[str]:
     for r in result["rows"]:
         mark = "ok" if r["passed"] else (
             "**first divergence**" if r["layer"] == result["first_divergence"] else "over")
-        lines.append(f"| {r['layer']} | `{r['tensor']}` | {r['layout']} / {r['native_layout']} "
+        tensor = str(r["tensor"]).replace("|", "\\|")  # a foreign model's name may hold one
+        lines.append(f"| {r['layer']} | `{tensor}` | {r['layout']} / {r['native_layout']} "
                      f"| {r['max_abs_diff']:.2e} | {r['rel_error']:.2e} | {r['frac_over']:.2%} "
                      f"| {_short(r['tolerance'])} | {mark} |")
     return lines

@@ -17,9 +17,15 @@ def percent(x: object) -> str:
     return f"{float(x) * 100:.4f}".rstrip("0").rstrip(".") + "%"
 
 
+def cell(text: str) -> str:
+    """Text as one Markdown table cell: a "|" in it would end the cell."""
+    return text.replace("|", "\\|")
+
+
 def title(label: str) -> str:
-    """A model's display name."""
-    return NAMES.get(label, label)
+    """A model's display name (a file's own name may hold any character: escaped for the
+    tables; a backslash before "|" shows as "|" elsewhere in Markdown too)."""
+    return cell(NAMES.get(label, label))
 
 
 def _lat(model: dict, runner: str | None, batch: int, threads: int) -> dict | None:
@@ -186,8 +192,8 @@ def runtime_rows(report: dict) -> list[str]:
     for label, m in report["models"].items():
         for name, r in m.get("runtimes", {}).items():
             if r["status"] == "unavailable" or "parity" not in r:
-                what = ("unavailable: " if r["status"] == "unavailable" else "FAIL: ") + r.get(
-                    "reason", "")
+                what = ("unavailable: " if r["status"] == "unavailable" else "FAIL: ") + cell(
+                    r.get("reason", ""))
                 if "test_data_sets" in r and "parity" not in r:
                     what = "PASS" if r["passed"] else "FAIL"
                     sets = ", ".join(f"{Path(s['folder']).name} " + ", ".join(
