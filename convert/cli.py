@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from convert.errors import ArgumentParser, ArtifactError, ToolkitError, cli_call
+from convert.lock import shared_lock
 from train.__main__ import add_recipe_args, add_threads_arg
 from train.recipe import FRAMEWORKS, Recipe, check_threads
 
@@ -172,9 +173,13 @@ def run(args: argparse.Namespace) -> int:
         train_run(args.framework, recipe, args.data_dir, args.artifacts, threads=args.threads)
         return 0
     if args.command == "export":
-        return _export(args)
+        with shared_lock(args.artifacts, f"the {args.framework} export"):
+            return _export(args)
     if args.command == "twins":
-        return _twins(args)
+        if args.roundtrip_child:  # a child of the twins command below: under its lock
+            return _twins(args)
+        with shared_lock(args.artifacts, f"the {args.framework} twins"):
+            return _twins(args)
     if args.command == "validate":
         from validate.__main__ import run_validate
 
@@ -184,7 +189,9 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "quantize":
         from convert.quantize import quantize
 
-        for fw, paths in quantize(args.artifacts, args.frameworks, args.data_dir).items():
+        with shared_lock(args.artifacts, "quantize"):
+            made = quantize(args.artifacts, args.frameworks, args.data_dir)
+        for fw, paths in made.items():
             print(f"[{fw}] wrote " + " and ".join(
                 f"{p} ({p.stat().st_size / 1024:.0f} KiB)" for p in paths.values()), flush=True)
         return 0

@@ -3,14 +3,13 @@
 and quantization stages, then validation (framework-free, in contained child processes).
 
 Every stage is `python -m convert …` in a fresh process: the pipeline orchestrates, it never
-imports a framework. One run at a time per artifacts folder (a lock file).
+imports a framework. One run at a time per artifacts folder (convert/lock.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import signal
@@ -21,8 +20,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from convert.errors import CRASH_STATUS, STAGE_ENV, ArtifactError
+from convert.errors import CRASH_STATUS, STAGE_ENV
 from convert.fileio import append_text, refresh_sha256sums, sha256_file
+from convert.lock import artifacts_lock
 from train import data
 from train.recipe import Recipe, default_threads
 from validate.conversion import frameworks_present
@@ -30,7 +30,6 @@ from validate.sandbox import Limits
 from validate.worker import Options
 
 CHECKPOINTS = {"torch": "model.pt", "tf": "model.keras"}
-LOCK_NAME = ".lock"
 WEB_FILES = ("*", "ort/*", "models/*")  # the web demo's files, for its SHA256SUMS
 
 
@@ -189,38 +188,6 @@ def plan_threads(frameworks: tuple[str, ...], jobs: int | None,
     if threads is None:
         threads = max(1, n // jobs)
     return jobs, threads
-
-
-@contextlib.contextmanager
-def artifacts_lock(artifacts: Path):
-    """One `convert all` per artifacts folder: a second one waits for the first."""
-    try:
-        artifacts.mkdir(parents=True, exist_ok=True)
-        handle = open(artifacts / LOCK_NAME, "a+")
-    except (FileExistsError, NotADirectoryError):
-        raise ArtifactError(f"{artifacts}: not a folder") from None
-    except OSError as exc:
-        raise ArtifactError(f"{artifacts}: cannot use it as the artifacts folder "
-                            f"({exc.strerror})") from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            print(f"== waiting: another `convert all` ({holder}) is using {artifacts}",
-                  flush=True)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}\n")
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _web_demo(artifacts: Path, frameworks: tuple[str, ...], data_folder: Path) -> None:

@@ -161,6 +161,52 @@ def test_two_runs_on_one_folder_take_turns(quick_artifacts, tmp_path):
     assert second_work >= first_done
 
 
+def _wait_for_line(proc: subprocess.Popen, prefix: str, seen: list[str]) -> None:
+    """Read `proc`'s stdout until a line starts with `prefix` (fails if it exits first)."""
+    for line in proc.stdout:
+        seen.append(line.rstrip("\n"))
+        if line.startswith(prefix):
+            return
+    raise AssertionError(f"no line starting {prefix!r}: {seen}")
+
+
+def test_single_commands_and_convert_all_wait_for_each_other(quick_artifacts, tmp_path):
+    from convert.lock import artifacts_lock, shared_lock
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(quick_artifacts, artifacts)
+    int8 = artifacts / "torch" / "lenet5.int8.onnx"
+    before = int8.stat().st_mtime_ns
+    env = {**os.environ, "FASHION_MNIST_DIR": str(DATA_DIR), "LENET5_NO_BOOTSTRAP": "1"}
+    seen: list[str] = []
+    # A single command waits while a `convert all` (here: this process) holds the folder ...
+    with artifacts_lock(artifacts):
+        proc = subprocess.Popen([sys.executable, "-m", "convert", "quantize", "--frameworks",
+                                 "torch", "--artifacts", str(artifacts)], cwd=ROOT, env=env,
+                                text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        _wait_for_line(proc, f"== waiting: `convert all` (pid {os.getpid()}) is using "
+                             f"{artifacts}; quantize starts when it has finished", seen)
+        time.sleep(1)
+        assert proc.poll() is None and int8.stat().st_mtime_ns == before  # nothing written
+    out, _ = proc.communicate(timeout=300)  # ... and does its work once the folder is free
+    assert proc.returncode == 0, seen + [out]
+    assert int8.stat().st_mtime_ns != before
+    # A `convert all` waits while a single command holds it, and starts when it lets go.
+    with shared_lock(artifacts, "a test"):
+        pipeline = subprocess.Popen([sys.executable, "-m", "convert", "all", "--quick",
+                                     "--frameworks", "torch", "--artifacts", str(artifacts),
+                                     *FAST], cwd=ROOT, env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        _wait_for_line(pipeline, f"== waiting: another command is using {artifacts}", seen)
+        time.sleep(1)
+        assert pipeline.poll() is None
+    try:
+        _wait_for_line(pipeline, "== plan", seen)
+    finally:
+        pipeline.terminate()
+        pipeline.communicate(timeout=60)
+
+
 @pytest.mark.parametrize("framework", ["torch", "tf"])
 def test_a_full_disk_while_saving_a_trained_model(framework, tmp_path):
     artifacts = tmp_path / "art"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from convert.errors import ArgumentParser, cli_call
 from convert.fileio import ensure_writable
+from convert.lock import shared_lock
 from train import data
 from train.recipe import FRAMEWORKS, Recipe, check_threads
 
@@ -63,7 +64,8 @@ def run(framework: str, recipe: Recipe, data_dir: str | None, artifacts: Path,
 
         import_tensorflow()  # without its start-up chatter on stderr
         from train import keras_lenet as side
-    return side.train(recipe, data_dir, artifacts, threads=threads)
+    with shared_lock(artifacts, f"training {framework}"):
+        return side.train(recipe, data_dir, artifacts, threads=threads)
 
 
 def main(argv: list[str] | None = None) -> int:

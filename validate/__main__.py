@@ -25,6 +25,7 @@ from pathlib import Path
 
 from convert.errors import ArgumentParser, ToolkitError, cli_call
 from convert.fileio import append_text
+from convert.lock import shared_lock
 from train.recipe import FRAMEWORKS
 from validate.latency import DEFAULT_ROUNDS, QUICK_ROUNDS
 from validate.parity import Tolerances
@@ -168,8 +169,10 @@ def run_validate(args: argparse.Namespace) -> int:
     """Run from parsed arguments (shared with `python -m convert validate`)."""
     target = args.target
     output = args.output or (None if target.suffix == ".onnx" or target.is_file() else target)
-    return validate_and_report(target, args.frameworks, options(args, args.quick, args.data_dir),
-                               limits(args), output, args.summary)[0]
+    with shared_lock(target, "validation"):  # an artifacts folder; nothing for one file
+        return validate_and_report(target, args.frameworks,
+                                   options(args, args.quick, args.data_dir), limits(args), output,
+                                   args.summary)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
