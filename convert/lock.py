@@ -11,7 +11,7 @@ import contextlib
 import fcntl
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from convert.errors import STAGE_ENV, ArtifactError
 
@@ -30,18 +30,24 @@ def _open(artifacts: Path, create: bool):
                             f"({exc.strerror})") from None
 
 
+def _take(handle, operation: int, waiting: Callable[[str], str]) -> None:
+    """flock `operation` on `handle`; when another process holds the lock, print
+    `waiting(holder)` (holder: what the lock file says, "" when nothing) and wait for it."""
+    try:
+        fcntl.flock(handle, operation | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        print(waiting(handle.read().strip()), flush=True)
+        fcntl.flock(handle, operation)
+
+
 @contextlib.contextmanager
 def artifacts_lock(artifacts: Path) -> Iterator[None]:
     """`convert all`'s exclusive hold; waits (and says so) while another command holds it."""
     with _open(artifacts, create=True) as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip()
-            who = f"another `convert all` ({holder})" if holder else "another command"
-            print(f"== waiting: {who} is using {artifacts}", flush=True)
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        _take(handle, fcntl.LOCK_EX, lambda holder: "== waiting: " + (
+            f"another `convert all` ({holder})" if holder else "another command")
+            + f" is using {artifacts}")
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}\n")
@@ -73,14 +79,9 @@ def shared_lock(artifacts: Path, command: str) -> Iterator[None]:
         yield
         return
     with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            print(f"== waiting: `convert all` ({holder}) is using {artifacts}; {command} starts "
-                  "when it has finished", flush=True)
-            fcntl.flock(handle, fcntl.LOCK_SH)
+        _take(handle, fcntl.LOCK_SH, lambda holder: (
+            f"== waiting: `convert all` ({holder or 'another process'}) is using {artifacts}; "
+            f"{command} starts when it has finished"))
         try:
             yield
         finally:
