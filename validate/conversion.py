@@ -24,6 +24,7 @@ import onnxruntime as ort
 from convert.errors import ArtifactError
 from convert.fileio import atomic_open, read_npz, sha256_file
 from convert.weights import FILE as WEIGHTS_FILE  # numpy only
+from validate.report import cell
 
 FRAMEWORKS = ("torch", "tf")
 CONVERSION = "conversion"               # ARTIFACTS/<fw>/conversion/
@@ -334,7 +335,7 @@ def markdown(results: dict[str, dict]) -> list[str]:
             if row["status"] == "ok":
                 verdict = "pass" if row["passed"] else "**FAIL**"
             else:
-                verdict = row["status"].replace("|", "\\|")
+                verdict = cell(row["status"])
                 verdict = verdict if not row["gated"] else f"**FAIL**: {verdict}"
             lines.append(
                 f"| {row['name']} | {row['made_by'] or '—'} | {row['runs_in'] or '—'} | "

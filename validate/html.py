@@ -34,10 +34,9 @@ from typing import Callable
 import numpy as np
 
 from convert.fileio import write_bytes, write_text
-from validate.report import (NO_LATENCY, best_cell, latency_conditions, main_table, percent,
-                             spread_cell)
+from validate.report import (NAMES, NO_LATENCY, best_cell, latency_conditions, main_table,
+                             percent, spread_cell)
 
-NAMES = {"torch": "PyTorch", "tf": "TensorFlow"}
 FW_COLORS = {"tf": "#e8710a", "torch": "#1f5fa8"}
 NATIVE_RUNTIMES = {"torch": "torch", "tf": "tensorflow"}
 RUNTIME_COLORS = {

@@ -32,6 +32,7 @@ from onnx import TensorProto, helper
 from convert.errors import ArtifactError, ToolkitError
 from convert.onnx_utils import LAYER_MAP_KEY, OUTPUT_NAME, set_metadata
 from validate.runners import runner_class
+from validate.report import cell
 from validate.runners.base import Runner, RunnerUnavailable
 
 DIAGNOSIS_IMAGES = 64   # the first N test images: native layer outputs are recorded for these
@@ -488,8 +489,7 @@ def markdown(result: dict) -> list[str]:
     for r in result["rows"]:
         mark = "ok" if r["passed"] else (
             "**first divergence**" if r["layer"] == result["first_divergence"] else "over")
-        tensor = str(r["tensor"]).replace("|", "\\|")  # a foreign model's name may hold one
-        lines.append(f"| {r['layer']} | `{tensor}` | {r['layout']} / {r['native_layout']} "
+        lines.append(f"| {r['layer']} | `{cell(str(r['tensor']))}` | {r['layout']} / {r['native_layout']} "
                      f"| {r['max_abs_diff']:.2e} | {r['rel_error']:.2e} | {r['frac_over']:.2%} "
                      f"| {_short(r['tolerance'])} | {mark} |")
     return lines

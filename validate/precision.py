@@ -24,6 +24,7 @@ from convert.fileio import sha256_file
 from convert.onnx_utils import REQUIRED_METADATA
 from validate.artifacts import load_onnx
 from validate.latency import RoundPlan, Subject, measure_rounds, pinned, rows
+from validate.report import title
 from validate.runners.base import RunnerFailed
 from validate.runners.ort import CPU, CpuRunner
 
@@ -31,7 +32,6 @@ PRECISIONS = ("int8", "fp16")
 MAX_DROP_POINTS = {"int8": 1.0, "fp16": 0.1}  # accuracy points the variant may lose vs FP32
 THREADS = 1             # onnxruntime intra-op threads for every timing here
 LATENCY_BATCHES = (1, 256)
-NAMES = {"torch": "PyTorch", "tf": "TensorFlow"}
 
 
 def variant_file(precision: str) -> str:
@@ -185,7 +185,7 @@ def markdown(results: dict[str, dict]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for fw, r in results.items():
         f = r["fp32"]
-        lines.append(f"| {NAMES.get(fw, fw)} | FP32 | {f['bytes'] / 1024:.0f} KiB | "
+        lines.append(f"| {title(fw)} | FP32 | {f['bytes'] / 1024:.0f} KiB | "
                      f"{f['accuracy']:.4f} | | | | {_p50(f, 1)} | {_p50(f, 256)} | |")
         for precision in PRECISIONS:
             e = r.get(precision)
@@ -195,11 +195,11 @@ def markdown(results: dict[str, dict]) -> list[str]:
             gate = (f"{'PASS' if e['passed'] else 'FAIL'} (≤ {e['max_drop_points']:g} point"
                     f"{'s' * (e['max_drop_points'] != 1)} lost)")
             lines.append(
-                f"| {NAMES.get(fw, fw)} | {precision.upper()} | {e['bytes'] / 1024:.0f} KiB | "
+                f"| {title(fw)} | {precision.upper()} | {e['bytes'] / 1024:.0f} KiB | "
                 f"{e['accuracy']:.4f} | {e['delta_points']:+.2f} points | "
                 f"{e['top1_agreement']:.2%} ({e['disagreements']} differ) | {diff} | "
                 f"{_p50(e, 1)} | {_p50(e, 256)} | {gate} |")
-    lines += [f"- {NAMES.get(fw, fw)} {p.upper()}: latency not timed: {r[p]['latency_error']}"
+    lines += [f"- {title(fw)} {p.upper()}: latency not timed: {r[p]['latency_error']}"
               for fw, r in results.items() for p in ("fp32", *PRECISIONS)
               if "latency_error" in r.get(p, {})]
     return lines
