@@ -109,6 +109,14 @@ def test_report_html_is_self_contained_and_complete(quick_html, quick_report):
         assert report_html._fmt(m["runtimes"]["onnxruntime-cpu"]["max_abs_diff"]) in text
         assert report_html._fmt(m["latency"][0]["p99_ms"]) in text
         assert f"<td>{m['accuracy']['confusion']['onnxruntime'][0][0]}</td>" in text
+        # the parity table has the Markdown report's columns: noise-floor check, batch, rerun
+        cpu = m["runtimes"]["onnxruntime-cpu"]
+        row = re.search(rf"<tr><td>{report_html.title(fw)}</td><td>onnxruntime-cpu</td>"
+                        r"((?:<td>.*?</td>)+)</tr>", text).group(1)
+        cells = re.findall(r"<td>(.*?)</td>", row)
+        assert cells[6:9] == [cpu["tolerance_check"]["status"],
+                               report_html._fmt(cpu["invariance"]["batch_max_abs_diff"]),
+                               "yes" if cpu["invariance"]["rerun_identical"] else "no"], cells
     for name in quick_report["cross_framework"]["per_class"]["class_names"]:
         assert name in text
     assert "none: every runtime gave the native model" in text

@@ -729,18 +729,24 @@ def sec_parity(ctx: Context) -> str:
         for name, r in (ctx.models[fw].get("runtimes") or {}).items():
             if r.get("status") == "unavailable":
                 reasons[name] = r.get("reason", "")
-                rows.append([title(fw), name, "", "", "", "", "", r.get("tolerance"),
-                             _Raw('<span class="muted">unavailable</span>')])
+                rows.append([title(fw), name] + [""] * 5 + [r.get("tolerance")] + [""] * 3
+                            + [_Raw('<span class="muted">unavailable</span>')])
                 continue
             if "max_abs_diff" not in r:  # failed before comparing: say why
                 reasons[name] = r.get("reason", "")
+            check, inv = r.get("tolerance_check") or {}, r.get("invariance") or {}
+            if check.get("status") in ("flaky", "loose"):
+                reasons[f"{title(fw)} {name}"] = f"warning: {check.get('message', '')}"
             rows.append([title(fw), name, r.get("max_abs_diff"), r.get("mean_abs_diff"),
                          r.get("vs_exact_max_abs_diff"), r.get("flip_count"), r.get("accuracy"),
-                         r.get("tolerance"), _Raw('<b class="ok">PASS</b>' if r.get("passed")
-                                                  else '<b class="ko">FAIL</b>')])
+                         r.get("tolerance"), check.get("status"),
+                         inv.get("batch_max_abs_diff"), inv.get("rerun_identical"),
+                         _Raw('<b class="ok">PASS</b>' if r.get("passed")
+                              else '<b class="ko">FAIL</b>')])
     if rows:
         out.append(table(["model", "runtime", "max |diff|", "mean |diff|", "vs float64",
-                          "flips", "accuracy", "tolerance", "result"], rows))
+                          "flips", "accuracy", "tolerance", "noise floor check",
+                          "batch 1 vs 256", "rerun identical", "result"], rows))
         by_reason: dict[str, list[str]] = {}
         for n, why in reasons.items():
             if why:
