@@ -160,6 +160,28 @@ def test_env_var_folder_is_used_alone(data_copy, monkeypatch):
         data.ensure_files()
 
 
+def test_report_images_from_disk_keep_another_tools_bad_copy(data_copy, tmp_path, monkeypatch):
+    """load_test_on_disk (report.html's flipped images) takes a local copy only when it is the
+    official file, like ensure_files, and never removes a file in another tool's folder."""
+    keras = tmp_path / "keras-home"
+    bad = keras / "datasets" / "fashion-mnist"
+    shutil.copytree(data_copy, bad)
+    damaged = bad / "t10k-images-idx3-ubyte.gz"
+    damaged.write_bytes(damaged.read_bytes()[:-100])
+    monkeypatch.delenv(data.ENV_DIR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("KERAS_HOME", str(keras))
+    assert data._local_copies()[0] == bad
+    monkeypatch.setattr(data, "_local_copies", lambda: [bad, data_copy])
+    images, labels = data.load_test_on_disk()
+    assert images.shape == (10000, 28, 28) and np.bincount(labels).tolist() == [1000] * 10
+    assert damaged.is_file()  # still there: not ours to remove
+    monkeypatch.setattr(data, "_local_copies", lambda: [bad])
+    with pytest.raises(DataError, match="no Fashion-MNIST test files"):
+        data.load_test_on_disk()
+    assert damaged.is_file()
+
+
 def test_a_malformed_mirror_url_is_a_data_error(data_copy, monkeypatch):
     (data_copy / "t10k-labels-idx1-ubyte.gz").unlink()
     monkeypatch.setenv(data.ENV_URL, "mirror.local/fashion")

@@ -84,6 +84,11 @@ def _progress(msg: str, final: bool = False) -> None:
     sys.stderr.flush()
 
 
+def _is_official(copy: Path) -> bool:
+    """Is a local copy (another tool's file: never removed) the official file?"""
+    return sha256_file(copy) == FILES[copy.name]
+
+
 def _verify(path: Path) -> None:
     """Check a file's sha256; a bad file is removed and reported as one line."""
     expected = FILES[path.name]
@@ -171,7 +176,7 @@ def _fill(folder: Path, present: dict[str, bool], given: bool) -> None:
             continue
         if not given:
             copy = next((d / name for d in _local_copies() if (d / name).is_file()), None)
-            if copy is not None and sha256_file(copy) == FILES[name]:
+            if copy is not None and _is_official(copy):
                 with atomic_open(path) as out, open(copy, "rb") as src:
                     shutil.copyfileobj(src, out)
                 continue
@@ -237,15 +242,18 @@ def load_test_on_disk(data_dir: str | os.PathLike | None = None
     figures need 16 test images, not a 30 MB download): the folder given (or
     $FASHION_MNIST_DIR), else the cache folder and the local copies."""
     given = data_dir or os.environ.get(ENV_DIR)
-    folders = [Path(given).expanduser()] if given else [default_cache_dir(), *_local_copies()]
-    for folder in folders:
+    ours = Path(given).expanduser() if given else default_cache_dir()
+    paths = [ours / name for name in SPLITS["test"]]
+    if all(p.is_file() for p in paths):
+        for p in paths:
+            _verify(p)  # a bad file there is removed and named, as ensure_files does
+        return load_split(ours, "test")
+    for folder in [] if given else _local_copies():  # another tool's files: checked, kept
         paths = [folder / name for name in SPLITS["test"]]
-        if all(p.is_file() for p in paths):
-            for p in paths:
-                _verify(p)
+        if all(p.is_file() and _is_official(p) for p in paths):
             return load_split(folder, "test")
-    raise DataError(f"{folders[0]}: no Fashion-MNIST test files there (nothing is downloaded "
-                    "for a report)")
+    raise DataError(f"{ours}: no Fashion-MNIST test files there (nothing is downloaded for a "
+                    "report)")
 
 
 def to_float(images: np.ndarray) -> np.ndarray:
