@@ -489,7 +489,8 @@ def markdown(result: dict) -> list[str]:
     for r in result["rows"]:
         mark = "ok" if r["passed"] else (
             "**first divergence**" if r["layer"] == result["first_divergence"] else "over")
-        lines.append(f"| {r['layer']} | `{cell(str(r['tensor']))}` | {r['layout']} / {r['native_layout']} "
+        lines.append(f"| {r['layer']} | `{cell(str(r['tensor']))}` | "
+                     f"{r['layout']} / {r['native_layout']} "
                      f"| {r['max_abs_diff']:.2e} | {r['rel_error']:.2e} | {r['frac_over']:.2%} "
                      f"| {_short(r['tolerance'])} | {mark} |")
     return lines
