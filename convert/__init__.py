@@ -1,11 +1,3 @@
-"""LeNet-5 conversion toolkit: CLI, per-stage processes, ONNX exporters and helpers."""
+"""LeNet-5 conversion toolkit: the CLI and pipeline, the exporters, the twins, quantization."""
 
-import os
-
-# onnxruntime 1.29+ (the Python wheel and onnxruntime-node) collects usage telemetry on Linux:
-# it keeps a device id and an event database under ~/.cache/Microsoft, a `.ses` file and,
-# from Node, an empty mat-debug-PID.log per process in the temporary folder, and tries to
-# upload. A validation tool run in CI should leave nothing behind and send nothing, so it is
-# off unless the user set ORT_DISABLE_TELEMETRY themselves. Set on import, before any
-# onnxruntime starts; every child process (stages, runners, Node) inherits it.
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+import train.core  # noqa: F401  (switches onnxruntime's telemetry off, see there)

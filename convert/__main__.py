@@ -2,7 +2,7 @@
 
 import sys
 
-from convert.bootstrap import ensure_environment
+from train.core.bootstrap import ensure_environment
 
 ensure_environment(sys.argv[1:])
 

@@ -6,17 +6,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from convert.errors import ArgumentParser, ArtifactError, ToolkitError, cli_call
-from convert.lock import shared_lock
-from train.__main__ import add_recipe_args, add_threads_arg
-from train.recipe import FRAMEWORKS, Recipe, check_threads
+from train.core.errors import ArgumentParser, ArtifactError, ToolkitError, cli_call
+from train.core.lock import shared_lock
+from train.command import add_recipe_args, add_threads_arg
+from train.core.contract import FRAMEWORKS
+from train.core.threads import check_threads
+from train.recipe import Recipe
 
 QUICK_LIMIT = 6000  # images in the --quick run's one epoch
 
 
 def parser() -> argparse.ArgumentParser:
     """The whole CLI."""
-    from validate.__main__ import add_validate_args, frameworks_arg
+    from validate.options import add_validate_args, frameworks_arg
 
     p = ArgumentParser(
         prog="python -m convert",
@@ -84,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
 def _framework(framework: str) -> None:
     """Import the framework (TensorFlow without its start-up chatter on stderr)."""
     if framework == "tf":
-        from convert.quiet import import_tensorflow
+        from train.quiet import import_tensorflow
 
         import_tensorflow()
 
@@ -92,7 +94,7 @@ def _framework(framework: str) -> None:
 def _check_export_inputs(args: argparse.Namespace) -> None:
     """What an export reads, checked before a framework is imported (seconds saved, and the
     one-line error comes first)."""
-    from convert import native
+    from train.core.history import read_history
     from convert.pipeline import CHECKPOINTS
     from train import data
 
@@ -101,7 +103,7 @@ def _check_export_inputs(args: argparse.Namespace) -> None:
     if not checkpoint.is_file():
         raise ArtifactError(f"{checkpoint}: missing; run `python -m convert train "
                             f"{args.framework}` first")
-    native.read_history(folder)
+    read_history(folder)
     check_threads(args.threads)
     args.data_dir = str(data.ensure_files(args.data_dir))
 
@@ -110,9 +112,9 @@ def _export(args: argparse.Namespace) -> int:
     _check_export_inputs(args)
     _framework(args.framework)
     if args.framework == "torch":
-        from convert import export_torch as side
+        from convert.export import from_torch as side
     else:
-        from convert import export_tf as side
+        from convert.export import from_tf as side
     if args.threads is not None:
         set_threads(args.framework, args.threads)
     print(f"[{args.framework}] exporting {args.artifacts / args.framework} to ONNX", flush=True)
@@ -138,9 +140,9 @@ def set_threads(framework: str, threads: int) -> None:
 def _twins(args: argparse.Namespace) -> int:
     _framework(args.framework)
     if args.framework == "torch":
-        from convert import twin_torch as side
+        from convert.twins import to_torch as side
     else:
-        from convert import twin_tf as side
+        from convert.twins import to_tf as side
     if args.roundtrip_child:  # twin_tf's onnx2tf child (onnx2tf switches tf.keras globally)
         return side.roundtrip_child(args.artifacts, args.data_dir)
     times = side.run(args.artifacts, args.data_dir, args.quick)
@@ -166,7 +168,7 @@ def _test(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     """Dispatch one parsed command; return its exit status."""
     if args.command == "train":
-        from train.__main__ import run as train_run
+        from train.command import run as train_run
 
         recipe = Recipe(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                         limit=args.limit)
@@ -181,9 +183,12 @@ def run(args: argparse.Namespace) -> int:
         with shared_lock(args.artifacts, f"the {args.framework} twins"):
             return _twins(args)
     if args.command == "validate":
-        from validate.__main__ import run_validate
+        from validate.options import limits, options
+        from validate.run import validate_command
 
-        return run_validate(args)
+        return validate_command(args.target, args.frameworks,
+                                options(args, args.quick, args.data_dir), limits(args),
+                                args.output, args.summary)
     if args.command == "test":
         return _test(args)
     if args.command == "quantize":
@@ -196,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{p} ({p.stat().st_size / 1024:.0f} KiB)" for p in paths.values()), flush=True)
         return 0
     from convert.pipeline import run_all
-    from validate.__main__ import limits, options
+    from validate.options import limits, options
 
     quick_or_full = (1, QUICK_LIMIT) if args.quick else (Recipe().epochs, None)
     recipe = Recipe(epochs=args.epochs if args.epochs is not None else quick_or_full[0],

@@ -1,5 +1,5 @@
 """A native model held in a process of its own and timed on request: the validator's partner
-for side-by-side latency (validate.native drives it; the framework never enters the
+for side-by-side latency (validate.timing.native drives it; the framework never enters the
 validator's process).
 
     python -m convert.native_server {torch,tf} MODEL --threads N [--cores 0,1] [--data-dir D]
@@ -26,10 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-from convert.errors import ArgumentParser, ToolkitError
-from validate.latency import TimingPlan, time_calls  # numpy only
+from train.core.errors import ArgumentParser, ToolkitError
+from validate.timing.latency import TimingPlan, time_calls  # numpy only
 
-SIDES = {"torch": "convert.export_torch", "tf": "convert.export_tf"}
+SIDES = {"torch": "convert.export.from_torch", "tf": "convert.export.from_tf"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,11 +49,11 @@ def serve(args: argparse.Namespace, reply) -> int:
     try:
         import importlib
 
-        from convert import native
+        from convert.export import reference
 
         side = importlib.import_module(SIDES[args.framework])
         runtime, version, prepare = side.native_model(Path(args.model), args.threads)
-        images = native.latency_images(args.data_dir)
+        images = reference.latency_images(args.data_dir)
         calls: dict[int, object] = {}
     except ToolkitError as exc:  # the toolkit's own one-line reason (a damaged model file…)
         reply({"ok": False, "error": str(exc)})

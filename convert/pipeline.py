@@ -20,14 +20,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from convert.errors import CRASH_STATUS, STAGE_ENV
-from convert.fileio import append_text, refresh_sha256sums, sha256_file
-from convert.lock import artifacts_lock
+from train.core.errors import CRASH_STATUS, STAGE_ENV
+from train.core.fileio import append_text, refresh_sha256sums, sha256_file
+from train.core.lock import artifacts_lock
 from train import data
-from train.recipe import Recipe, default_threads
-from validate.conversion import frameworks_present
+from train.core.threads import default_threads
+from train.recipe import Recipe
+from validate.compare.conversion import frameworks_present
 from validate.sandbox import Limits
-from validate.worker import Options
+from validate.options import Options
 
 CHECKPOINTS = {"torch": "model.pt", "tf": "model.keras"}
 WEB_FILES = ("*", "ort/*", "models/*")  # the web demo's files, for its SHA256SUMS
@@ -221,7 +222,7 @@ def run_all(frameworks: tuple[str, ...], recipe: Recipe, data_dir: str | None,
             summary: Path | None = None, jobs: int | None = None,
             threads: int | None = None) -> int:
     """The whole job; returns the exit status (0 passed, 1 failed, 2 bad input, 3 crash)."""
-    from validate.__main__ import validate_and_report
+    from validate.run import validate_and_report
 
     start = time.perf_counter()
     if summary is not None:

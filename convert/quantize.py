@@ -31,9 +31,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from convert.errors import ArtifactError
-from convert.fileio import refresh_sha256sums, sha256_file
-from convert.onnx_utils import INPUT_NAME, save
+from train.core.errors import ArtifactError
+from train.core.fileio import refresh_sha256sums, sha256_file
+from train.core.contract import INPUT_NAME, save
 from train import data
 
 PRECISIONS = ("int8", "fp16")

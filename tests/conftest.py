@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import convert  # noqa: F401  (onnxruntime's telemetry off in this process too, as in the toolkit's)
+import train.core  # noqa: F401  (onnxruntime's telemetry off in this process too, as in the toolkit's)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "datasets" / "fashion-mnist"

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convert.errors import DataError
+from train.core.errors import DataError
 from tests.conftest import error_lines, python, run
 from train import data
 

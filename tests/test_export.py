@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from convert import onnx_utils
+from train.core import contract as onnx_utils
 from tests.conftest import error_lines, run
 from train import data
 from validate.runners import OnnxRunner

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DATA_DIR, error_lines, run
-from validate import html as report_html
+from validate.report import html as report_html
 
 SECTIONS = ("verdict", "training", "confusion", "per-class", "parity", "latency", "flips",
             "conversion", "precision", "layers", "models", "runtimes", "environment",
@@ -183,13 +183,13 @@ def test_cli_writes_html_and_png(quick_artifacts, tmp_path):
     shutil.copyfile(quick_artifacts / "report.json", report)
     # A bad --png is said before anything is written.
     for bad in (f"nope={tmp_path / 'x.png'}", "parity", f"parity={tmp_path / 'p.svg'}"):
-        proc = run("validate.html", str(report), "--png", f"parity={tmp_path / 'parity.png'}",
+        proc = run("validate.report.html", str(report), "--png", f"parity={tmp_path / 'parity.png'}",
                    "--png", bad)
         assert proc.returncode == 2, proc.stderr
         assert error_lines(proc) == [error_lines(proc)[0]]
         assert error_lines(proc)[0].startswith(f"error: --png {bad}: ")
         assert not (tmp_path / "report.html").exists() and not (tmp_path / "parity.png").exists()
-    proc = run("validate.html", str(report), "--png", f"parity={tmp_path / 'parity.png'}")
+    proc = run("validate.report.html", str(report), "--png", f"parity={tmp_path / 'parity.png'}")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "report.html").is_file()
     assert (tmp_path / "parity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

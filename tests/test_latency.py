@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.conftest import DATA_DIR, error_lines, python, run
-from validate import latency as lat
+from validate.timing import latency as lat
 
 FRAMEWORKS = ["torch", "tf"]
 
@@ -17,8 +17,8 @@ FRAMEWORKS = ["torch", "tf"]
 DRIVE = """
 import json, sys
 from pathlib import Path
-from validate import latency as lat
-from validate.native import NativeProcess
+from validate.timing import latency as lat
+from validate.timing.native import NativeProcess
 from validate.runners.ort import CpuRunner
 from train import data
 
@@ -128,7 +128,7 @@ def test_a_hung_native_process_is_stopped_and_named(quick_artifacts, monkeypatch
 
     import numpy as np
 
-    from validate import native
+    from validate.timing import native
 
     monkeypatch.setattr(native, "REPLY_SECONDS", 2.0)
     proc = native.NativeProcess("torch", quick_artifacts / "torch", 1, None, str(DATA_DIR))

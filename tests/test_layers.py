@@ -11,11 +11,13 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from convert.errors import ArtifactError
-from convert.onnx_utils import LAYER_MAP_KEY, set_metadata
+from train.core.errors import ArtifactError
+from train.core.contract import LAYER_MAP_KEY, set_metadata
 from tests.conftest import error_lines, python, run
 from train import data
-from validate import layers
+from convert.export.layermap import LayerMapError, verify_export
+from train.core.layermap import DIAGNOSIS_IMAGES
+from validate.diagnose import layers
 
 FRAMEWORKS = ["torch", "tf"]
 LAYERS = ["conv1", "pool1", "conv2", "pool2", "flatten", "fc1", "fc2", "fc3", "probabilities"]
@@ -67,7 +69,7 @@ def test_export_records_the_layer_map_and_native_layers(quick_artifacts, data_di
     meta = {p.key: p.value for p in model.metadata_props}
     doc = json.loads(meta[LAYER_MAP_KEY])
     rows = doc["layers"]
-    assert [r["layer"] for r in rows] == LAYERS and doc["images"] == layers.DIAGNOSIS_IMAGES
+    assert [r["layer"] for r in rows] == LAYERS and doc["images"] == DIAGNOSIS_IMAGES
     produced = {o for n in model.graph.node for o in n.output}
     assert all(r["tensor"] in produced for r in rows)
     native = "NCHW" if framework == "torch" else "NHWC"
@@ -79,7 +81,7 @@ def test_export_records_the_layer_map_and_native_layers(quick_artifacts, data_di
     order = "CHW" if framework == "torch" else "HWC"
     assert (rows[4]["order"], rows[4]["native_order"]) == (order, order)
     assert str(ref["layer_layout"]) == native
-    n = layers.DIAGNOSIS_IMAGES
+    n = DIAGNOSIS_IMAGES
     images = data.to_float(data.load_test(data_dir)[0][:n])
     assert np.array_equal(ref["layer_input"], images)
     assert np.array_equal(ref["layer_images"], np.arange(n))
@@ -109,7 +111,7 @@ def test_healthy_models_are_within_tolerance_at_every_layer(quick_artifacts, fra
     json.dumps(result, allow_nan=False)  # report.json material
     assert [r["layer"] for r in result["rows"]] == LAYERS
     assert result["first_divergence"] is None and all(r["passed"] for r in result["rows"])
-    assert result["images"] == layers.DIAGNOSIS_IMAGES and result["runner_key"] == runner
+    assert result["images"] == DIAGNOSIS_IMAGES and result["runner_key"] == runner
     # Float32 rounding only (about 1e-6 here): well inside the tolerance.
     assert max(r["rel_error"] for r in result["rows"]) < layers.TOLERANCE / 4
     assert all(r["frac_over"] == 0 for r in result["rows"])
@@ -155,7 +157,8 @@ def test_failure_clause_and_table(quick_artifacts):
 _NATIVE_FAULT = {
     "torch": ("conv2", """
 import torch
-from convert import export_torch, native
+from convert.export import from_torch as export_torch
+from convert.export import reference
 from train import data
 from train.torch_lenet import load_model, predict
 model = load_model(SRC / "model.pt")
@@ -163,7 +166,8 @@ with torch.no_grad():
     model.features[3].weight.mul_(1.02)  # conv2
 """),
     "tf": ("fc1", """
-from convert import export_tf, native
+from convert.export import from_tf as export_tf
+from convert.export import reference
 from train import data
 from train.keras_lenet import load_model, predict
 import keras
@@ -186,8 +190,8 @@ def test_a_fault_on_the_native_side_is_named_at_its_layer(quick_artifacts, tmp_p
             + alter + f"""
 images, labels = data.load_test()
 x = data.to_float(images)
-first = x[:{layers.DIAGNOSIS_IMAGES}]
-native.write_reference(DEST, {framework!r}, predict(model, x), labels,
+first = x[:{DIAGNOSIS_IMAGES}]
+reference.write_reference(DEST, {framework!r}, predict(model, x), labels,
                        {side}.layer_outputs(model, first), first, {layout!r})
 """)
     proc = python(code)
@@ -228,16 +232,16 @@ def test_a_wrong_layer_map_fails_the_export_check(quick_artifacts):
     model, ref = _load(quick_artifacts / "torch")
     doc = json.loads({p.key: p.value for p in model.metadata_props}[LAYER_MAP_KEY])
     native = {name: ref[f"layer_{name}"] for name in LAYERS}
-    assert layers.verify_export(model, native, ref["layer_input"])  # the recorded map holds
+    assert verify_export(model, native, ref["layer_input"])  # the recorded map holds
     conv = next(n for n in model.graph.node if n.op_type == "Conv")
     doc["layers"][0]["tensor"] = conv.output[0]  # conv1 before its ReLU: a wrong definition
     set_metadata(model, LAYER_MAP_KEY, json.dumps(doc))
-    with pytest.raises(layers.LayerMapError, match=r"conv1 \(.*relative error"):
-        layers.verify_export(model, native, ref["layer_input"])
+    with pytest.raises(LayerMapError, match=r"conv1 \(.*relative error"):
+        verify_export(model, native, ref["layer_input"])
     doc["layers"][0].update(tensor=doc["layers"][1]["tensor"])  # pool1's tensor for conv1
     set_metadata(model, LAYER_MAP_KEY, json.dumps(doc))
-    with pytest.raises(layers.LayerMapError, match="layer conv1: ONNX tensor"):
-        layers.verify_export(model, native, ref["layer_input"])
+    with pytest.raises(LayerMapError, match="layer conv1: ONNX tensor"):
+        verify_export(model, native, ref["layer_input"])
 
 
 def test_missing_map_or_layer_outputs_are_artifact_errors(quick_artifacts, tmp_path):

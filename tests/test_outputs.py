@@ -171,7 +171,7 @@ def _wait_for_line(proc: subprocess.Popen, prefix: str, seen: list[str]) -> None
 
 
 def test_single_commands_and_convert_all_wait_for_each_other(quick_artifacts, tmp_path):
-    from convert.lock import artifacts_lock, shared_lock
+    from train.core.lock import artifacts_lock, shared_lock
 
     artifacts = tmp_path / "artifacts"
     shutil.copytree(quick_artifacts, artifacts)

@@ -8,12 +8,12 @@ import numpy as np
 import onnx
 import pytest
 
-from convert.errors import ArtifactError
-from convert.onnx_utils import save
+from train.core.errors import ArtifactError
+from train.core.contract import save
 from convert.quantize import Calibration, calibration_set, quantize, quantize_int8, variant_path
 from tests.conftest import error_lines, run
 from train import data
-from validate import precision
+from validate.compare import precision
 from validate.artifacts import load_onnx
 from validate.runners.ort import CpuRunner
 

@@ -17,7 +17,7 @@ from onnx import TensorProto as T
 from onnx import helper
 
 from train import data
-from validate.latency import TimingPlan
+from validate.timing.latency import TimingPlan
 from validate.runners import RunnerFailed, RunnerUnavailable, runner_class, runner_keys
 from validate.runners.browser import evaluate_page, shared_browser, write_web_demo
 

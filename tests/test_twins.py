@@ -14,11 +14,11 @@ import numpy as np
 import onnx
 import pytest
 
-from convert import weights as cw
-from convert.errors import ArtifactError
+from train.core import weights as cw
+from train.core.errors import ArtifactError
 from tests.conftest import error_lines, python, run
 from train import data
-from validate import conversion as conv
+from validate.compare import conversion as conv
 
 ROW_KEYS = ["native", "twin", "torch.onnx", "tf2onnx", "onnx2torch", "onnx2tf", "tflite"]
 

@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from tests.conftest import error_lines, run
 
 FAST = ("--runtimes", "cpu", "--no-latency")  # for tests about something other than runtimes
-from validate import parity
+from validate.compare import parity
 from validate.runners import CUDA, OnnxRunner, ProviderUnavailable, cuda_status
 
 
@@ -222,7 +222,7 @@ def test_tolerance_flags_reach_the_report(artifacts_copy):
 
 
 def test_a_crash_is_exit_3_with_its_traceback(capsys):
-    from convert.errors import DataError, cli_call
+    from train.core.errors import DataError, cli_call
 
     assert cli_call(lambda: 1 // 0) == 3
     assert "ZeroDivisionError" in capsys.readouterr().err

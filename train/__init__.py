@@ -1,3 +1,2 @@
-"""Fashion-MNIST data (framework-free), the seed recipe, and LeNet-5 training per framework."""
-
-import convert  # noqa: E402,F401  (switches onnxruntime's telemetry off, see there)
+"""Fashion-MNIST data (framework-free), the seed recipe, and LeNet-5 training per framework;
+`train.core` under it is the toolkit's shared core."""

@@ -47,7 +47,7 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__":  # first of all: a clone's first run installs what the rest imports
-    from convert.bootstrap import ensure_environment
+    from train.core.bootstrap import ensure_environment
 
     ensure_environment(sys.argv[1:], "train.bench")
 
@@ -60,9 +60,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from convert.errors import ArgumentParser, cli_call
+from train.core.errors import ArgumentParser, cli_call
 from train import data
-from train.recipe import FRAMEWORKS, EpochLog, Recipe, check_threads, default_threads
+from train.core.contract import FRAMEWORKS
+from train.core.threads import check_threads, default_threads
+from train.recipe import EpochLog, Recipe
 
 MODES = ("seed", "toolkit")
 TAG = "BENCH "  # marks the worker's own stdout lines (torchvision prints there too)

@@ -20,31 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.errors import DataError
-from convert.fileio import atomic_open, sha256_file
+from train.core.errors import DataError
+from train.core.dataset import CLASS_NAMES, DATASET_SHA256, FILES  # noqa: F401  (re-exported)
+from train.core.fileio import atomic_open, sha256_file
 
-# The official files and their sha256 (the files Zalando Research publishes; their MD5 sums
-# match the ones in the dataset's README).
-FILES: dict[str, str] = {
-    "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-    "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-    "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-    "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
-}
 SPLITS = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
 OFFICIAL_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 ENV_DIR = "FASHION_MNIST_DIR"
 ENV_URL = "FASHION_MNIST_URL"  # a mirror; files are verified by sha256 whatever the source
-# One digest naming the whole dataset: sha256 over the four files' digests, in FILES order.
-DATASET_SHA256 = hashlib.sha256("".join(FILES.values()).encode()).hexdigest()
-
 _IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 _LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
 

@@ -38,10 +38,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
-from convert.errors import ArtifactError  # noqa: E402
-from convert.fileio import atomic_path  # noqa: E402
+from train.core.errors import ArtifactError  # noqa: E402
+from train.core.fileio import atomic_path  # noqa: E402
 from train import data  # noqa: E402
-from train.recipe import EpochLog, Recipe, default_threads, write_history  # noqa: E402
+from train.core.threads import default_threads  # noqa: E402
+from train.recipe import EpochLog, Recipe, write_history  # noqa: E402
 
 # Optimizer steps per call into the compiled loop: enough that the Python call costs nothing,
 # few enough that a terminal's progress line moves.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import platform
 import sys
 import time
@@ -12,11 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.errors import ToolkitError
-from convert.fileio import sha256_file, write_json
+from train.core.errors import ToolkitError
+from train.core.fileio import sha256_file, write_json
 from train import data
-
-FRAMEWORKS = ("torch", "tf")
 
 
 @dataclass(frozen=True)
@@ -38,20 +35,6 @@ class Recipe:
             raise ToolkitError(f"--limit must be at least 1, got {self.limit}")
         if not 0 <= self.seed < 2**32:  # what both frameworks' generators accept
             raise ToolkitError(f"--seed must be between 0 and 2**32 - 1, got {self.seed}")
-
-
-def default_threads() -> int:
-    """Cores this process may run on: what both frameworks use when no thread count is given."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def check_threads(threads: int | None) -> int | None:
-    """A --threads value, checked: None (every core) or at least 1."""
-    if threads is not None and threads < 1:
-        raise ToolkitError(f"--threads must be at least 1, got {threads}")
-    return threads
 
 
 def common_versions() -> dict[str, str]:

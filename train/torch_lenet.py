@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from convert.errors import ArtifactError
-from convert.fileio import write_bytes
+from train.core.errors import ArtifactError
+from train.core.fileio import write_bytes
 from train import data
 from train.recipe import EpochLog, Recipe, write_history
 

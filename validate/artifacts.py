@@ -11,9 +11,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from convert.errors import ArtifactError
-from convert.fileio import SUMS_NAME, read_npz, read_sha256sums, sha256_file
-from convert.onnx_utils import (INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME, OUTPUT_SHAPE,
+from train.core.errors import ArtifactError
+from train.core.fileio import SUMS_NAME, read_npz, read_sha256sums, sha256_file
+from train.core.contract import (INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME, OUTPUT_SHAPE,
                                 REQUIRED_METADATA)
 from train import data
 

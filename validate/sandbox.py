@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import psutil
 
-from convert.errors import ToolkitError
+from train.core.errors import ToolkitError
 
 MiB = 1 << 20
 
@@ -159,7 +159,7 @@ _natives: dict[tuple[int, float], bool] = {}
 
 
 def _is_native(p: psutil.Process) -> bool:
-    """Is this a native-model timing process (validate.native)? Cached per process."""
+    """Is this a native-model timing process (validate.timing.native)? Cached per process."""
     try:
         key = (p.pid, p.create_time())
         if key not in _natives:
@@ -260,3 +260,15 @@ def run_contained(fn: Callable, args: tuple, limits: Limits, label: str) -> Any:
         raise ToolkitError(value)
     raise RuntimeError(f"validating {label} crashed in its child process:\n{value}")
 
+
+# -- phase 1: run -----------------------------------------------------------------------------
+def memory_guard(cls):
+    """In-process runtimes run under the address-space cap; the others are started without
+    it (they reserve large ranges) and bounded by the parent's resident-memory watchdog."""
+    return contextlib.nullcontext() if cls.in_process else address_space_unlimited()
+
+
+def memory_check(exc) -> None:
+    """An allocation that failed under the cap is the memory limit, not the runtime's fault."""
+    if capped() and memory_failure(exc.detail):
+        raise MemoryError(exc.detail)

@@ -7,75 +7,26 @@ floor), across batch sizes and across reruns. numpy + onnx + onnxruntime only.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from convert.errors import ArtifactError, ToolkitError
-from convert.native import read_history
 from train import data
+from train.core.errors import ArtifactError, ToolkitError
+from train.core.history import read_history
 from validate import artifacts as art
-from validate import conversion, layers, precision
-from validate import parity as par
-from validate import latency as lat
-from validate import native, sandbox
-from validate.latency import thread_counts
-from validate.runners import Runner, RunnerFailed, RunnerUnavailable, runner_class
-
-INVARIANCE_IMAGES = 256   # batch 1 vs batch 256 on these many test images
-MAX_FLIP_PREDICTIONS = 200  # flipped images whose two predictions the report keeps
-HISTOGRAM_EDGES = [0.0] + [10.0 ** e for e in range(-12, 1)]  # |diff| bins for the report
-
-
-@dataclass(frozen=True)
-class Options:
-    """What to run and how to judge it (built once by the CLI, passed to every child)."""
-
-    tolerances: par.Tolerances = field(default_factory=par.Tolerances)
-    runtimes: tuple[str, ...] = ("cpu", "cuda", "reference")
-    required: tuple[str, ...] = ()    # runtimes asked for by name: unavailable is an error
-    quick: bool = False               # light latency runs
-    latency: bool = True              # measure latency at all
-    latency_rounds: int | None = None  # None: 5, or 3 with quick
-    data_dir: str | None = None
-    layers: bool = False              # per-layer comparison even when parity passes
-
-
-@dataclass
-class RunnerOutput:
-    """Phase 1: what one runner produced."""
-
-    key: str
-    name: str
-    tolerance: float
-    description: str
-    exact: bool
-    status: str = "ran"               # ran | unavailable | failed
-    reason: str = ""
-    load_seconds: float = 0.0
-    probabilities: np.ndarray | None = None
-    batch1: np.ndarray | None = None
-    batch256: np.ndarray | None = None
-    rerun: np.ndarray | None = None
-    test_sets: list[dict] = field(default_factory=list)
-    latency: list[dict] = field(default_factory=list)
-
-
-# -- phase 1: run -----------------------------------------------------------------------------
-def _guard(cls: type[Runner]):
-    """In-process runtimes run under the address-space cap; the others are started without
-    it (they reserve large ranges) and bounded by the parent's resident-memory watchdog."""
-    return contextlib.nullcontext() if cls.in_process else sandbox.address_space_unlimited()
-
-
-def _memory_check(exc: RunnerFailed) -> None:
-    """An allocation that failed under the cap is the memory limit, not the runtime's fault."""
-    if sandbox.capped() and sandbox.memory_failure(exc.detail):
-        raise MemoryError(exc.detail)
+from validate import sandbox
+from validate.compare import conversion, precision
+from validate.compare import parity as par
+from validate.compare.judge import INVARIANCE_IMAGES, RunnerOutput, confusion, judge
+from validate.diagnose import layers
+from validate.options import Options
+from validate.runners import RunnerFailed, RunnerUnavailable, runner_class
+from validate.timing import latency as lat
+from validate.timing import native
+from validate.timing.measure import measure_latency, start_natives
 
 
 def run_contract_runner(key: str, path: Path, images: np.ndarray,
@@ -90,7 +41,7 @@ def run_contract_runner(key: str, path: Path, images: np.ndarray,
         return out
     sub = np.ascontiguousarray(images[:INVARIANCE_IMAGES])
     try:
-        with _guard(cls):
+        with sandbox.memory_guard(cls):
             t0 = time.perf_counter()
             with cls(path, threads=1) as runner:
                 out.load_seconds = round(time.perf_counter() - t0, 3)
@@ -106,171 +57,9 @@ def run_contract_runner(key: str, path: Path, images: np.ndarray,
     except RunnerUnavailable as exc:
         out.status, out.reason = "unavailable", str(exc)
     except RunnerFailed as exc:
-        _memory_check(exc)
+        sandbox.memory_check(exc)
         out.status, out.reason = "failed", str(exc)
     return out
-
-
-# -- latency: every runtime, native included, round by round in one window --------------------
-def start_natives(folder: Path, framework: str, opts: Options
-                  ) -> tuple[dict[int, native.NativeProcess], str | None]:
-    """Start the native model's timing processes (one per thread count: TensorFlow fixes its
-    thread pools at start-up) without waiting for them: the framework imports while the
-    runtimes run phase 1. Returns them, or the reason the native model cannot be timed."""
-    reason = native.availability(framework, folder)
-    if reason:
-        return {}, reason
-    procs: dict[int, native.NativeProcess] = {}
-    try:
-        for threads in thread_counts():
-            procs[threads] = native.NativeProcess(framework, folder, threads,
-                                                  lat.cores_for(threads), opts.data_dir).start()
-    except native.NativeFailed as exc:
-        for p in procs.values():
-            p.close()
-        return {}, str(exc)
-    return procs, None
-
-
-def _timed_threads(cls: type[Runner]) -> list[int]:
-    return thread_counts() if cls.latency_threads is None else list(cls.latency_threads)
-
-
-def measure_latency(path: Path, outputs: list[RunnerOutput],
-                    natives: dict[int, native.NativeProcess], images: np.ndarray,
-                    opts: Options) -> tuple[list[dict], dict]:
-    """Time the native model and every runner that ran, thread count by thread count, in
-    interleaved rounds (validate.latency). Returns the latency rows and the conditions
-    (rounds, plan, cores, load average at start and end, errors) for the report."""
-    plan = lat.RoundPlan.for_run(opts.quick, opts.latency_rounds)
-    conditions: dict = {"rounds": plan.rounds, "plan": plan.as_dict(), "cores": {},
-                        "errors": []}
-    ready: dict[int, native.NativeProcess] = {}
-    for threads, proc in natives.items():  # all of them: a process still starting is noise
-        try:
-            conditions.setdefault("native_process", proc.wait_ready())
-            ready[threads] = proc
-        except native.NativeFailed as exc:
-            conditions["errors"].append({"runtime": proc.runtime, "threads": threads,
-                                         "error": str(exc)})
-    origin = time.monotonic()
-    conditions["load_average_start"] = lat.load_average()
-    rows: list[dict] = []
-    for threads in thread_counts():
-        with lat.pinned(threads) as cores, contextlib.ExitStack() as stack:
-            conditions["cores"][str(threads)] = cores
-            subjects: list[lat.Subject] = []
-            proc = ready.get(threads)
-            if proc is not None:
-                subjects.append(lat.Subject(proc.runtime, "cpu", threads, proc.timings,
-                                            window=proc.window))
-            for out in outputs:
-                cls = runner_class(out.key)
-                if out.status != "ran" or threads not in _timed_threads(cls):
-                    continue
-                try:
-                    stack.enter_context(_guard(cls))
-                    runner = stack.enter_context(cls(path, threads=threads))
-                except (RunnerUnavailable, RunnerFailed) as exc:
-                    conditions["errors"].append({"runtime": cls.name, "threads": threads,
-                                                 "error": str(exc)})
-                    continue
-                subjects.append(lat.Subject(cls.runtime or cls.name, cls.provider, threads,
-                                            runner.timings, runner=cls.name))
-            print(f"[validate] {path.parent.name}: latency, {threads} thread"
-                  f"{'s' * (threads > 1)}: {', '.join(s.label for s in subjects)} x batch "
-                  f"{'/'.join(map(str, lat.BATCH_SIZES))}, {plan.rounds} interleaved rounds",
-                  flush=True)
-            lat.measure_rounds(subjects, images, plan,
-                               failures=(RunnerFailed, native.NativeFailed))
-        if proc is not None:
-            proc.close()
-        for s in subjects:
-            rows += lat.rows(s, origin)
-            if s.error:
-                conditions["errors"].append({"runtime": s.label, "threads": threads,
-                                             "error": s.error})
-    conditions["load_average_end"] = lat.load_average()
-    conditions["seconds"] = round(time.monotonic() - origin, 2)
-    return rows, conditions
-
-
-# -- phase 2: compare -------------------------------------------------------------------------
-def histogram(diff: np.ndarray) -> dict:
-    """Counts of |diff| per decade, for the report's plots."""
-    counts, _ = np.histogram(np.clip(diff.ravel(), 0, 1), bins=HISTOGRAM_EDGES)
-    return {"edges": HISTOGRAM_EDGES, "counts": counts.tolist()}
-
-
-def judge(out: RunnerOutput, reference: np.ndarray, labels: np.ndarray,
-          exact: np.ndarray | None, native_floor: float | None, opts: Options) -> dict:
-    """Phase 2 for one runner: parity, noise floor, invariance, test sets."""
-    rec: dict = {"runner": out.name, "key": out.key, "description": out.description,
-                 "tolerance": out.tolerance}
-    if out.status != "ran":
-        rec |= {"status": out.status, "reason": out.reason, "passed": out.status != "failed"}
-        return rec
-    p = par.compare(out.probabilities, reference, labels, runner_class(out.key).provider,
-                    out.tolerance, opts.tolerances.min_agreement)
-    rec["parity"] = asdict(p)
-    rec |= {"max_abs_diff": p.max_abs_diff, "mean_abs_diff": p.mean_abs_diff,
-            "flip_count": p.flip_count, "flips": p.flips, "top1_agreement": p.top1_agreement,
-            "accuracy": p.accuracy_onnxruntime, "accuracy_native": p.accuracy_native,
-            "load_seconds": out.load_seconds}
-    native_pred, run_pred = reference.argmax(1), out.probabilities.argmax(1)
-    rec["flip_predictions"] = [[i, int(native_pred[i]), int(run_pred[i])]
-                               for i in p.flips[:MAX_FLIP_PREDICTIONS]]
-    diff = np.abs(out.probabilities.astype(np.float64) - reference.astype(np.float64))
-    rec["diff_histogram"] = histogram(diff)
-    if exact is not None:
-        vs_exact = float(np.abs(out.probabilities.astype(np.float64) - exact).max())
-        floor = max(vs_exact, native_floor or 0.0)
-        rec |= {"vs_exact_max_abs_diff": vs_exact, "noise_floor": floor,
-                "tolerance_check": par.tolerance_check(out.tolerance, floor)}
-    else:
-        rec |= {"vs_exact_max_abs_diff": None, "noise_floor": None,
-                "tolerance_check": par.tolerance_check(out.tolerance, None)}
-    n1 = len(out.batch1)
-    b_diff = float(np.abs(out.batch1.astype(np.float64) - out.batch256[:n1]).max())
-    rerun_same = bool(np.array_equal(out.batch256, out.rerun))
-    rec["invariance"] = {
-        "images": n1, "batch_sizes": [1, INVARIANCE_IMAGES],
-        "batch_max_abs_diff": b_diff, "batch_passed": b_diff <= out.tolerance,
-        "rerun_identical": rerun_same,
-        "passed": b_diff <= out.tolerance and rerun_same}
-    rec["test_data_sets"] = [s | {"passed": all(o["passed"] for o in s["outputs"].values())}
-                             for s in out.test_sets]
-    rec["latency"] = out.latency
-    passed = bool(p.passed and rec["invariance"]["passed"]
-                  and all(s["passed"] for s in rec["test_data_sets"]))
-    rec["status"] = "passed" if passed else "failed"
-    rec["passed"] = passed
-    return rec
-
-
-def failure_reasons(rec: dict) -> list[str]:
-    """Why a runner's record failed, as clauses."""
-    if rec["status"] == "failed" and rec.get("reason"):
-        return [rec["reason"]]
-    reasons = []
-    if "parity" in rec and not rec["parity"]["passed"]:
-        reasons.append(par.Parity(**rec["parity"]).failure())
-    inv = rec["invariance"]
-    if not inv["batch_passed"]:
-        reasons.append(f"batch 1 vs batch {INVARIANCE_IMAGES} differ by "
-                       f"{inv['batch_max_abs_diff']:.3g} > {rec['tolerance']:g}")
-    if not inv["rerun_identical"]:
-        reasons.append("two runs of the same images are not bit-identical")
-    meta = rec.get("metadata_accuracy")
-    if meta and not meta["passed"]:
-        reasons.append(f"test accuracy {meta['measured']:.4f}, but its metadata records "
-                       f"{meta['recorded']:.4f}")
-    for s in rec.get("test_data_sets", []):
-        for name, o in s["outputs"].items():
-            if not o["passed"]:
-                reasons.append(f"{Path(s['folder']).name}: output {name!r} "
-                               + (o.get("reason") or f"max |diff| {o['max_abs_diff']:.3g}"))
-    return reasons
 
 
 # -- one model ----------------------------------------------------------------------------------
@@ -376,7 +165,7 @@ def validate_lenet(path: Path, opts: Options, reference_required: bool,
         except ArtifactError as exc:  # stale or damaged variants: a failure, not the model's end
             result["precision"] = {"passed": False, "error": str(exc)}
         except RunnerFailed as exc:  # onnxruntime rejected a variant, or ran out of memory
-            _memory_check(exc)
+            sandbox.memory_check(exc)
             result["precision"] = {"passed": False, "error": f"onnxruntime: {exc}"}
         passed = passed and result["precision"]["passed"]
     if reference_required and (path.parent / conversion.CONVERSION).is_dir():
@@ -401,19 +190,12 @@ def validate_lenet(path: Path, opts: Options, reference_required: bool,
 
 
 def _diagnose(model: Path, ref: dict, runner_key: str) -> dict:
-    """validate.layers.diagnose, or the reason it could not run (never fails the model)."""
+    """validate.diagnose.layers.diagnose, or the reason it could not run (never fails the model)."""
     try:
         return layers.diagnose(model, ref, runner_key)
     except (ToolkitError, RunnerUnavailable, RunnerFailed) as exc:
         return {"runner_key": runner_key, "rows": [], "first_divergence": None,
                 "message": f"no layer-by-layer comparison: {exc}", "error": str(exc)}
-
-
-def confusion(probabilities: np.ndarray, labels: np.ndarray) -> list[list[int]]:
-    """10x10 counts: rows are true classes, columns predicted classes."""
-    m = np.zeros((10, 10), dtype=np.int64)
-    np.add.at(m, (labels.astype(np.int64), probabilities.argmax(1)), 1)
-    return m.tolist()
 
 
 def _metadata_accuracy(model) -> float | None:
@@ -449,7 +231,7 @@ def validate_with_test_sets(path: Path, model, sets: list[art.TestDataSet], opts
                                         "unavailable", reason))
             continue
         try:
-            with _guard(cls), cls(path, threads=1) as runner:
+            with sandbox.memory_guard(cls), cls(path, threads=1) as runner:
                 got = [runner.run(s.inputs, outputs=list(s.outputs)) for s in sets]
                 again = (runner.run(sets[0].inputs, outputs=list(sets[0].outputs)) if sets
                          else None)
@@ -465,7 +247,7 @@ def validate_with_test_sets(path: Path, model, sets: list[art.TestDataSet], opts
                                         "unavailable", str(exc)))
             continue
         except RunnerFailed as exc:
-            _memory_check(exc)
+            sandbox.memory_check(exc)
             runtimes[cls.name] = rec | {"status": "failed", "reason": str(exc), "passed": False}
             continue
         rec["test_data_sets"] = [
@@ -525,13 +307,3 @@ def validate_file(path: Path, opts: Options, reference_required: bool = False) -
         result["integrity"] = integrity
         result["passed"] = bool(result["passed"] and integrity["passed"])
     return result
-
-
-def integrity_clause(result: dict) -> str:
-    """'SHA256SUMS: x does not match, y is missing', or ''."""
-    integ = result.get("integrity")
-    if not integ or integ["passed"]:
-        return ""
-    parts = [f"{n} does not match" for n in integ["mismatched"]]
-    parts += [f"{n} is missing" for n in integ["missing"]]
-    return f"{Path(integ['file']).name}: " + ", ".join(parts)

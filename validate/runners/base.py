@@ -7,7 +7,7 @@ Loading (session, process, page) is kept apart from running: `load()` / `close()
 as a context manager. `run(feeds)` maps named input arrays to named output arrays.
 
 Polygraphy's two phases: every runner is run first and its outputs kept; comparing happens
-afterwards, in numpy (validate.parity), never inside a runner.
+afterwards, in numpy (validate.compare.parity), never inside a runner.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from validate.latency import TimingPlan, time_calls
+from validate.timing.latency import TimingPlan, time_calls
 
 
 _SOURCE = re.compile(r"/onnxruntime_src/\S+?:\d+\s*|Load model from \S+ failed:\s*")

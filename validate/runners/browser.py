@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from validate.latency import TimingPlan
+from validate.timing.latency import TimingPlan
 from validate.sandbox import address_space_unlimited
 from validate.runners.base import Runner, RunnerFailed, RunnerUnavailable, tidy
 from validate.runners.node import (JS_DIR, WEB_DIR, package_problem,
@@ -383,7 +383,7 @@ def write_web_demo(artifacts: Path, models: dict[str, Path], images: np.ndarray 
     -d ARTIFACTS`, then http://127.0.0.1:8000/web/. RunnerUnavailable if onnxruntime-web is
     not installed.
     """
-    from convert.fileio import write_bytes, write_json, write_text
+    from train.core.fileio import write_bytes, write_json, write_text
     from train import data
 
     problem = package_problem("onnxruntime-web")

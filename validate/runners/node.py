@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from validate.latency import TimingPlan
+from validate.timing.latency import TimingPlan
 from validate.sandbox import address_space_unlimited, ask_to_exit
 from validate.runners.base import Runner, RunnerFailed, RunnerUnavailable, tidy
 

@@ -2,7 +2,7 @@
 graphs from both exporters, and the round trips back into a framework (numpy + onnx +
 onnxruntime only).
 
-The framework processes (convert.twin_torch, convert.twin_tf) write their outputs under
+The framework processes (convert.twins.to_torch, convert.twins.to_tf) write their outputs under
 ARTIFACTS/<trained fw>/conversion/ in the file format defined here; this module reads them,
 runs the ONNX graphs in onnxruntime (CPU), and compares every row with the trained model's own
 reference.npz on all 10,000 test images. Same weights, so every row must agree within 1e-5
@@ -21,10 +21,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from convert.errors import ArtifactError
-from convert.fileio import atomic_open, read_npz, sha256_file
-from convert.weights import FILE as WEIGHTS_FILE  # numpy only
-from validate.report import cell
+from train.core.errors import ArtifactError
+from train.core.fileio import atomic_open, read_npz, sha256_file
+from train.core.weights import FILE as WEIGHTS_FILE  # numpy only
+from validate.report.text import cell
 
 FRAMEWORKS = ("torch", "tf")
 CONVERSION = "conversion"               # ARTIFACTS/<fw>/conversion/
@@ -71,7 +71,7 @@ def save_twin(folder: Path, proto: onnx.ModelProto, probabilities: np.ndarray,
               weights_sha256: str, runs_in: str, made_by: str, seconds: float) -> None:
     """Write a twin's outputs under FOLDER/conversion/: its native probabilities and its ONNX
     export (tagged with the weights file it was built from)."""
-    from convert import onnx_utils
+    from train.core import contract as onnx_utils
 
     proto.metadata_props.add(key="twin_weights_sha256", value=weights_sha256)
     write_probabilities(folder / CONVERSION / TWIN_NATIVE, probabilities, runs_in=runs_in,

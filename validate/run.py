@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -12,19 +14,23 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from convert.errors import ArtifactError, ToolkitError
 from train import data
-from validate import parity as par
-from validate import conversion, layers, precision, sandbox, worker
-from validate.latency import METHOD
+from train.core.errors import ArtifactError, ToolkitError
+from train.core.fileio import append_text
+from train.core.lock import shared_lock
+from validate import sandbox, worker
+from validate.options import Options, Tolerances
+from validate.report import markdown, verdict
+from validate.report.write import write
 from validate.runners import cuda_status, runner_class
-from validate.worker import Options
+from validate.sandbox import Limits
+from validate.timing.latency import METHOD
 
 SCHEMA_VERSION = 3
 MODEL_FILE = "lenet5.onnx"
 
 
-def runner_table(keys: tuple[str, ...], tol: par.Tolerances) -> dict:
+def runner_table(keys: tuple[str, ...], tol: Tolerances) -> dict:
     """Every runner asked for: what it is, its tolerance, and whether it can run here."""
     table = {}
     for key in keys:
@@ -105,63 +111,35 @@ def validate(target: Path, frameworks: tuple[str, ...], opts: Options,
     return report
 
 
-def errors(report: dict) -> list[str]:
-    """One `error: …` line per model that could not be validated (bad input, limits)."""
-    return [f"error: {m['error']}" for m in report["models"].values() if "error" in m]
+def validate_and_report(target: Path, frameworks: tuple[str, ...], opts: Options, lim: Limits,
+                        output: Path | None, summary: Path | None = None) -> tuple[int, dict]:
+    """Validate, write the reports, print failures; return (exit status, report)."""
+    result = validate(target, frameworks, opts, lim)
+    result["command"] = command_line()
+    print("\n".join(markdown.main_table(result)))
+    if output is not None:
+        paths = write(result, output, opts.data_dir)
+        print(f"\nreports: {', '.join(str(p) for p in paths)}")
+    else:
+        print("\n".join([""] + markdown.runtime_rows(result)))
+    if summary is not None:
+        append_text(summary, markdown.summary(result))
+    for line in verdict.errors(result) + verdict.failures(result):
+        print(line, file=sys.stderr)
+    return verdict.exit_status(result), result
 
 
-def failures(report: dict) -> list[str]:
-    """One line per failing model: its first failure with the figures, then every other
-    failure of that model as a short clause (CI logs get one line a model)."""
-    return [line for label, m in report["models"].items() if "error" not in m
-            for line in [model_failure(label, m)] if line]
+def command_line() -> str:
+    """How this run was started, for "how to reproduce" in the reports."""
+    main_file = Path(sys.argv[0])
+    module = main_file.parent.name if main_file.name == "__main__.py" else main_file.stem
+    return f"python -m {module} {shlex.join(sys.argv[1:])}".strip()
 
 
-def model_failure(label: str, m: dict) -> str:
-    """The one line for a model ('' when it passed)."""
-    parts: list[str] = []
-    failed = [(name, r) for name, r in m.get("runtimes", {}).items() if not r["passed"]]
-    if failed:
-        name, r = failed[0]
-        parts.append(f"parity failed: {label} ({name}): {'; '.join(worker.failure_reasons(r))}")
-        if len(failed) > 1:
-            parts.append(f"also failed in {', '.join(n for n, _ in failed[1:])}")
-        if "layers" in m:
-            parts.append(layer_clause(m["layers"]))
-    if "conversion" in m and not m["conversion"]["passed"]:
-        bad = conversion.failures(label, m["conversion"])
-        rest = [b.split(": ", 1)[1].split(": ", 1)[0] for b in bad[1:]]
-        lead = bad[0] if bad else f"conversion failed: {label}"
-        if rest:
-            lead += f"; also {', '.join(rest)}"
-        if "layers" in m["conversion"]:
-            lead += f"; twin.onnx: {layer_clause(m['conversion']['layers'])}"
-        parts.append(lead)
-    if "precision" in m and not m["precision"]["passed"]:
-        if "error" in m["precision"]:
-            parts.append(f"precision: {m['precision']['error']}")
-        else:
-            parts += precision.failures(label, m["precision"])
-    if worker.integrity_clause(m):
-        parts.append(worker.integrity_clause(m) if parts
-                     else f"integrity failed: {label}: {worker.integrity_clause(m)}")
-    if m["facts"].get("missing_metadata"):
-        parts.append(f"{label}: metadata_props missing {m['facts']['missing_metadata']}")
-    return "; ".join(parts)
-
-
-def layer_clause(result: dict) -> str:
-    """Where a failure starts, layer by layer, or why that is not known."""
-    if result.get("error"):
-        return result["message"]
-    if result["first_divergence"]:
-        return layers.failure_clause(result)
-    return (f"not localized: every layer within tolerance on the {result['images']} diagnosis "
-            "images")
-
-
-def exit_status(report: dict) -> int:
-    """2 if any model could not be validated, else 1 if any check failed, else 0."""
-    if errors(report):
-        return 2
-    return 0 if report["passed"] else 1
+def validate_command(target: Path, frameworks: tuple[str, ...], opts: Options, lim: Limits,
+                     output: Path | None, summary: Path | None) -> int:
+    """`python -m validate` and `python -m convert validate`: the reports go into OUTPUT, else
+    the artifacts folder (for one .onnx file: nowhere); the folder is held shared meanwhile."""
+    output = output or (None if target.suffix == ".onnx" or target.is_file() else target)
+    with shared_lock(target, "validation"):  # an artifacts folder; nothing for one file
+        return validate_and_report(target, frameworks, opts, lim, output, summary)[0]

@@ -10,9 +10,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from convert.fileio import write_bytes
-from train import data
+from train.core.fileio import write_bytes
+from train.core.dataset import CLASS_NAMES, DATASET_SHA256
 
+FRAMEWORKS = ("torch", "tf")  # ARTIFACTS/<framework>/: one folder per source framework
 OPSET = 18  # one opset for both graphs; tf2onnx 1.17 and torch.onnx both emit it
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
@@ -21,7 +22,7 @@ INPUT_SHAPE = (BATCH_DIM, 1, 28, 28)
 OUTPUT_SHAPE = (BATCH_DIM, 10)
 PREPROCESSING = "float32 pixel / 255 in [0, 1], grayscale 28x28, no mean/std normalisation"
 LAYOUT = "NCHW"
-LAYER_MAP_KEY = "layer_map"  # metadata_props: JSON layer map (validate.layers) for diagnosis
+LAYER_MAP_KEY = "layer_map"  # metadata_props: JSON layer map (validate.diagnose.layers) for diagnosis
 REQUIRED_METADATA = (
     "class_names", "preprocessing", "layout", "source_framework", "source_framework_version",
     "exporter", "exporter_version", "recipe", "test_accuracy", "dataset_sha256",
@@ -32,7 +33,7 @@ def metadata(history: dict, framework: str, framework_version: str, exporter: st
              exporter_version: str) -> dict[str, str]:
     """The metadata_props every exported graph carries (DESIGN.md's list)."""
     return {
-        "class_names": json.dumps(list(data.CLASS_NAMES)),
+        "class_names": json.dumps(list(CLASS_NAMES)),
         "preprocessing": PREPROCESSING,
         "layout": LAYOUT,
         "source_framework": framework,
@@ -41,7 +42,7 @@ def metadata(history: dict, framework: str, framework_version: str, exporter: st
         "exporter_version": exporter_version,
         "recipe": json.dumps(history["recipe"], sort_keys=True),
         "test_accuracy": f"{history['test_accuracy']:.6f}",
-        "dataset_sha256": data.DATASET_SHA256,
+        "dataset_sha256": DATASET_SHA256,
         "architecture": history["architecture"],
         "parameters": str(history["parameters"]),
     }

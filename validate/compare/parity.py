@@ -6,35 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from convert.errors import ToolkitError
-
-
-@dataclass(frozen=True)
-class Tolerances:
-    """Pass/fail limits for parity against the native references.
-
-    `atol` / `cuda_atol` override the runners' own documented tolerances (None keeps them:
-    1e-5 for every CPU runtime, 1e-4 for CUDA); `rtol` applies, with the same atol, to the
-    stored outputs of test_data_set_* folders of models that are not LeNet-5.
-    """
-
-    atol: float | None = None         # max |probability difference|, CPU runtimes
-    cuda_atol: float | None = None    # the same on CUDA (different kernels, TF32 off)
-    min_agreement: float = 1.0        # top-1 agreement required (1.0 = no flips)
-    rtol: float = 1e-4                # relative part, for foreign models' stored outputs
-
-    def __post_init__(self) -> None:
-        for flag, value in (("--atol", self.atol), ("--cuda-atol", self.cuda_atol),
-                            ("--rtol", self.rtol)):
-            if value is not None and not value >= 0:
-                raise ToolkitError(f"{flag} must be >= 0, got {value:g}")
-        if not 0 <= self.min_agreement <= 1:
-            raise ToolkitError(f"--min-agreement must be within 0..1, got {self.min_agreement:g}")
-
-    def for_runner(self, key: str, default: float) -> float:
-        """The tolerance a runner is judged by: the flag's, else the runner's own."""
-        given = self.cuda_atol if key == "cuda" else self.atol
-        return default if given is None else given
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from convert import native, onnx_utils
+from convert.export import reference
+from train.core import contract as onnx_utils
+from train.core import weights as cw
+from train.core.history import read_history
 from train.torch_lenet import load_model, predict
-from validate import layers as layer_map
+from convert.export.layermap import attach_layer_map
+
+# (canonical layer, index in LeNet5.features / .classifier): the state_dict keys.
+TORCH_KEYS = {"conv1": "features.0", "conv2": "features.3", "dense1": "classifier.1",
+              "dense2": "classifier.3", "dense3": "classifier.5"}
 
 
 class WithSoftmax(nn.Module):
@@ -40,12 +47,12 @@ def to_onnx(model: nn.Module, history: dict):
     meta = onnx_utils.metadata(history, "torch", torch.__version__, "torch.onnx (dynamo)",
                                torch.__version__)
     proto = onnx_utils.apply_contract(program.model_proto, meta)
-    layer_map.attach_layer_map(proto, native_layout="NCHW")
+    attach_layer_map(proto, native_layout="NCHW")
     return proto
 
 
 def layer_outputs(model: nn.Module, images) -> dict:
-    """Native output of every layer of the layer map (validate.layers), NCHW, for NCHW images.
+    """Native output of every layer of the layer map (validate.diagnose.layers), NCHW, for NCHW images.
 
     Names follow the leaf modules in order: Conv2d -> conv<i> (after its ReLU), pooling ->
     pool<i>, Flatten -> flatten, Linear -> fc<j> (after its ReLU; the last one, logits, has
@@ -99,12 +106,30 @@ def native_model(path: Path, threads: int):
     return "torch", torch.__version__, prepare
 
 
+def canonical_weights(model: nn.Module) -> cw.Weights:
+    """A trained train.torch_lenet.LeNet5's weights in the canonical layout (PyTorch's own)."""
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    arrays = {}
+    for name, key in TORCH_KEYS.items():
+        arrays[f"{name}.kernel"] = state[f"{key}.weight"]  # OIHW / (out, in) already
+        arrays[f"{name}.bias"] = state[f"{key}.bias"]
+    pads = tuple(int(model.features[i].padding[0]) for i in (0, 3))
+    return cw.Weights(arrays, cw.Architecture(source="torch", flatten_order="CHW",
+                                              conv_padding=pads, output="logits"))
+
+
+def write_weights(model: nn.Module, folder: Path) -> Path:
+    """Write FOLDER/weights.npz for the other framework's twin builder."""
+    path = folder / cw.FILE
+    cw.save(path, canonical_weights(model))
+    return path
+
+
 def export(artifacts: Path, data_dir: str | None = None) -> Path:
     """Write lenet5.onnx, reference.npz and test_data_set_0/ under ARTIFACTS/torch."""
     folder = artifacts / "torch"
     model = load_model(folder / "model.pt")
-    from convert.twin_torch import write_weights  # weights.npz, read by the other side's twin
     write_weights(model, folder)
-    onnx_model = to_onnx(model, native.read_history(folder))
-    return native.write_export(artifacts, "torch", onnx_model, lambda x: predict(model, x),
-                               data_dir, lambda x: layer_outputs(model, x))
+    onnx_model = to_onnx(model, read_history(folder))
+    return reference.write_export(artifacts, "torch", onnx_model, lambda x: predict(model, x),
+                                  data_dir, lambda x: layer_outputs(model, x))

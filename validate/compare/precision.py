@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.errors import ArtifactError
-from convert.fileio import sha256_file
-from convert.onnx_utils import REQUIRED_METADATA
+from train.core.errors import ArtifactError
+from train.core.fileio import sha256_file
+from train.core.contract import REQUIRED_METADATA
 from validate.artifacts import load_onnx
-from validate.latency import RoundPlan, Subject, measure_rounds, pinned, rows
-from validate.report import title
+from validate.timing.latency import RoundPlan, Subject, measure_rounds, pinned, rows
+from validate.report.text import title
 from validate.runners.base import RunnerFailed
 from validate.runners.ort import CPU, CpuRunner
 
@@ -46,7 +46,7 @@ def has_variants(folder: Path) -> bool:
 
 def _latency(paths: dict[str, Path], images: np.ndarray, quick: bool,
              rounds: int | None) -> tuple[dict[str, list[dict]], dict[str, str]]:
-    """FP32 and the variants timed in interleaved rounds (validate.latency), 1 thread, pinned:
+    """FP32 and the variants timed in interleaved rounds (validate.timing.latency), 1 thread, pinned:
     the rows per precision, and why a precision's timing stopped, where one did."""
     plan = RoundPlan.for_run(quick, rounds)
     with pinned(THREADS), contextlib.ExitStack() as stack:

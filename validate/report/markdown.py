@@ -4,29 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from convert.fileio import write_json, write_text
-
-NAMES = {"torch": "PyTorch", "tf": "TensorFlow"}
-NO_LATENCY = ("no latency measured: --no-latency, no model validated, or only models of other "
-              "kinds (latency is timed for LeNet-5 models validated against their native "
-              "model)")  # report.md and report.html
-
-
-def percent(x: object) -> str:
-    """0.999 -> 99.9%, 1.0 -> 100%: a threshold as given, never rounded up (both reports)."""
-    return f"{float(x) * 100:.4f}".rstrip("0").rstrip(".") + "%"
-
-
-def cell(text: str) -> str:
-    """Text as one Markdown table cell: a "|" in it would end the cell."""
-    return text.replace("|", "\\|")
-
-
-def title(label: str) -> str:
-    """A model's display name (a file's own name may hold any character: escaped for the
-    tables; a backslash before "|" shows as "|" elsewhere in Markdown too)."""
-    return cell(NAMES.get(label, label))
-
+from validate.report.text import NO_LATENCY, cell, percent, title
+from validate.report.verdict import errors, failures
 
 def _lat(model: dict, runner: str | None, batch: int, threads: int) -> dict | None:
     """The latency row of one runner (None: the native framework) at a batch and threads."""
@@ -252,8 +231,6 @@ def markdown(report: dict) -> str:
            f"(every available runtime within its tolerance of the native model on all test "
            f"images, top-1 agreement >= {percent(report['tolerances']['min_agreement'])}, "
            "accuracy equal, batch-invariant, deterministic)", ""]
-    from validate.core import failures
-
     bad = [f"**{title(label)}: not validated**: {m['error']}"
            for label, m in report["models"].items() if "error" in m] + failures(report)
     if bad:  # why, first: the lines stderr had (a list, then a blank line before the table)
@@ -262,7 +239,7 @@ def markdown(report: dict) -> str:
     matrices = {label: m["conversion"] for label, m in report["models"].items()
                 if "conversion" in m}
     if matrices:
-        from validate import conversion
+        from validate.compare import conversion
 
         out += ["", "## Conversion: the same weights in both frameworks", "",
                 "Each trained model rebuilt in the other framework with its own weights (its "
@@ -289,7 +266,7 @@ def markdown(report: dict) -> str:
     out += runtime_rows(report)
     diagnosed = {label: m["layers"] for label, m in report["models"].items() if "layers" in m}
     if diagnosed:
-        from validate import layers
+        from validate.diagnose import layers
 
         out += ["", "## Layer by layer", "",
                 "Each mapped layer of the ONNX graph against the native model's own layer "
@@ -303,7 +280,7 @@ def markdown(report: dict) -> str:
     out += [f"- {title(label)} quantized models not evaluated: {m['precision']['error']}"
             for label, m in report["models"].items() if "error" in m.get("precision", {})]
     if variants:
-        from validate import precision
+        from validate.compare import precision
 
         out += [""] + precision.markdown(variants)
     floor = noise_floor_lines(report)
@@ -338,8 +315,6 @@ def markdown(report: dict) -> str:
 
 def summary(report: dict) -> str:
     """The short Markdown verdict: the main table and every failure (for CI job summaries)."""
-    from validate.core import errors, failures
-
     out = [f"### LeNet-5 ONNX parity: {'PASSED' if report['passed'] else 'FAILED'}", ""]
     out += main_table(report)
     bad = errors(report) + failures(report)
@@ -353,12 +328,3 @@ def summary(report: dict) -> str:
             f"{n} ({report['runners'][n]['reason']})" for n in unavailable
             if n in report.get("runners", {}))]
     return "\n".join(out) + "\n\n"
-
-
-def write(report: dict, folder: Path, data_dir: str | None = None) -> tuple[Path, ...]:
-    """Write report.json, report.md and report.html atomically."""
-    from validate.html import write_html
-
-    write_json(folder / "report.json", report)
-    write_text(folder / "report.md", markdown(report))
-    return folder / "report.json", folder / "report.md", write_html(report, folder, data_dir)

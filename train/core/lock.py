@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator
 
-from convert.errors import STAGE_ENV, ArtifactError
+from train.core.errors import STAGE_ENV, ArtifactError
 
 LOCK_NAME = ".lock"
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from validate import sandbox
-from validate.latency import TimingPlan
+from validate.timing.latency import TimingPlan
 
 MODEL_FILES = {"torch": "model.pt", "tf": "model.keras"}
 MODULES = {"torch": "torch", "tf": "tensorflow"}   # what the child imports
 RUNTIMES = {"torch": "torch", "tf": "tensorflow"}  # latency rows' `runtime`
-ROOT = Path(__file__).resolve().parent.parent      # where `convert` is importable from
+ROOT = Path(__file__).resolve().parents[2]  # where `convert` is importable from
 START_SECONDS = 600.0  # import the framework, load the model (a busy machine: tens of seconds)
 REPLY_SECONDS = 120.0  # one block of timed calls (a fraction of a second when all is well)
 

@@ -20,7 +20,6 @@ tolerance is the *first divergence*. numpy, onnx and onnxruntime only: no framew
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Mapping
@@ -29,14 +28,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from convert.errors import ArtifactError, ToolkitError
-from convert.onnx_utils import LAYER_MAP_KEY, OUTPUT_NAME, set_metadata
+from train.core.errors import ArtifactError, ToolkitError
+from train.core.layermap import DIAGNOSIS_IMAGES, read_layer_map, with_native_layout
 from validate.runners import runner_class
-from validate.report import cell
+from validate.report.text import cell
 from validate.runners.base import Runner, RunnerUnavailable
 
-DIAGNOSIS_IMAGES = 64   # the first N test images: native layer outputs are recorded for these
-MAP_VERSION = 1
 
 # One relative tolerance for every layer: max |diff| / max |native value| over the diagnosis
 # images. Healthy exports measure 1e-7 .. 9e-7 at every layer, on onnxruntime CPU and on the
@@ -57,185 +54,10 @@ MAP_VERSION = 1
 TOLERANCE = 1e-5
 NOISE_CEILING = 1.5e-6  # relative, scaled like TOLERANCE for runners with looser gates
 BASE_RUNNER_TOLERANCE = 1e-5  # runners with looser parity gates (CUDA, 1e-4) scale the limit
-VERIFY_SCALE = 100.0  # the export check: a wrong tensor or layout is off by O(1), noise is not
 
 
-_ORDER = {"NCHW": "CHW", "NHWC": "HWC"}  # a layout's flatten order (Flatten keeps memory order)
 
 
-class LayerMapError(RuntimeError):
-    """The exported graph does not have the structure the layer map expects, or a mapped tensor
-    does not hold the native layer's output: a bug of the exporter, never a user error."""
-
-
-# -- export side: find the layers in the graph -----------------------------------------------
-
-def _shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    """Every tensor's inferred shape (None for an unknown dimension)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    g = inferred.graph
-    shapes = {}
-    for v in list(g.input) + list(g.value_info) + list(g.output):
-        t = v.type.tensor_type
-        if t.HasField("shape"):
-            shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None
-                              for d in t.shape.dim]
-    return shapes
-
-
-def _layout(shape: list[int | None] | None, channels: int, tensor: str) -> str:
-    """NCHW or NHWC for a 4-D activation with `channels` channels, from its inferred shape."""
-    if not shape or len(shape) != 4:
-        raise LayerMapError(f"{tensor}: expected a 4-D activation, inferred shape {shape}")
-    nchw, nhwc = shape[1] == channels, shape[3] == channels
-    if nchw == nhwc:
-        raise LayerMapError(f"{tensor}: cannot tell NCHW from NHWC for shape {shape} "
-                            f"with {channels} channels")
-    return "NCHW" if nchw else "NHWC"
-
-
-def _flatten_order(graph: onnx.GraphProto, flat: str, pool: str, pool_layout: str) -> str:
-    """CHW or HWC: the order in which the graph's flatten tensor `flat` lists the last pool's
-    values (a Reshape/Flatten of the pool tensor, or of a Transpose of it)."""
-    producer = {o: n for n in graph.node for o in n.output}
-    node = producer.get(flat)
-    if node is None or node.op_type not in ("Reshape", "Flatten"):
-        raise LayerMapError(f"flatten {flat}: not made by a Reshape or Flatten")
-    layout, source = pool_layout, node.input[0]
-    if source != pool:
-        t = producer.get(source)
-        if t is None or t.op_type != "Transpose" or t.input[0] != pool:
-            raise LayerMapError(f"flatten {flat}: its input is neither {pool} nor a Transpose "
-                                "of it")
-        perm = next(list(a.ints) for a in t.attribute if a.name == "perm")
-        layout = "".join(pool_layout[i] for i in perm)
-    if layout[0] != "N" or layout[1:] not in _ORDER.values():
-        raise LayerMapError(f"flatten {flat}: flattens {layout}, expected N first")
-    return layout[1:]
-
-
-def find_layers(model: onnx.ModelProto, native_layout: str) -> list[dict]:
-    """The layer map of an exported LeNet-5: one entry per layer, in graph order.
-
-    Walks the graph: every Conv, and every Gemm or MatMul with a weight initializer, is a
-    weighted layer, in node order; a bias Add, then a Relu, that follow it alone are part of
-    it; the pooling node after a conv is its pool; the tensor the first dense layer reads is
-    the flatten; the last dense layer's output (no Relu) is the logits (fc3 in LeNet-5); the
-    graph output is the probabilities. `native_layout` is the framework's own layout of its
-    conv activations (NCHW for PyTorch, NHWC for Keras).
-    """
-    graph = model.graph
-    weights = {t.name: tuple(t.dims) for t in graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-
-    def only(tensor: str, ops: tuple[str, ...]) -> onnx.NodeProto | None:
-        users = consumers.get(tensor, [])
-        return users[0] if len(users) == 1 and users[0].op_type in ops else None
-
-    shapes = _shapes(model)
-    convs = [n for n in graph.node if n.op_type == "Conv"]
-    dense = [n for n in graph.node if n.op_type == "Gemm"
-             or (n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in weights)]
-    if not convs or not dense:
-        raise LayerMapError(f"expected Conv and Gemm/MatMul layers, found {len(convs)} Conv "
-                            f"and {len(dense)} dense nodes")
-    layers = []
-    for i, conv in enumerate(convs, 1):
-        channels = weights.get(conv.input[1], (None,))[0]
-        if channels is None:
-            raise LayerMapError(f"Conv {conv.name}: weight {conv.input[1]} is not an initializer")
-        out = conv.output[0]
-        relu = only(out, ("Relu",))
-        if relu is None:
-            raise LayerMapError(f"Conv {conv.name}: no Relu follows it")
-        out = relu.output[0]
-        pool = only(out, ("AveragePool", "MaxPool"))
-        if pool is None:
-            raise LayerMapError(f"Conv {conv.name}: no pooling follows its Relu")
-        for name, tensor in ((f"conv{i}", out), (f"pool{i}", pool.output[0])):
-            layers.append({"layer": name, "tensor": tensor,
-                           "layout": _layout(shapes.get(tensor), channels, tensor),
-                           "native_layout": native_layout})
-    pool = layers[-1]
-    layers.append({"layer": "flatten", "tensor": dense[0].input[0], "layout": "flat",
-                   "native_layout": "flat", "native_order": _ORDER[native_layout],
-                   "order": _flatten_order(graph, dense[0].input[0], pool["tensor"],
-                                           pool["layout"])})
-    for j, node in enumerate(dense, 1):
-        out = node.output[0]
-        if node.op_type == "MatMul":
-            add = only(out, ("Add",))
-            if add is None or not any(x in weights for x in add.input):
-                raise LayerMapError(f"MatMul {node.name}: no bias Add follows it")
-            out = add.output[0]
-        relu = only(out, ("Relu",))
-        last = j == len(dense)
-        if (relu is None) != last:
-            raise LayerMapError(f"dense layer {j} of {len(dense)} ({node.name}): expected a Relu "
-                                "after every dense layer but the last")
-        if relu is not None:
-            out = relu.output[0]
-        layers.append({"layer": f"fc{j}", "tensor": out, "layout": "flat",
-                       "native_layout": "flat"})
-    logits = layers[-1]["tensor"]
-    softmax = only(logits, ("Softmax",))
-    if softmax is None or softmax.output[0] != OUTPUT_NAME:
-        raise LayerMapError(f"the logits {logits} do not feed the Softmax that gives "
-                            f"{OUTPUT_NAME!r}")
-    layers.append({"layer": "probabilities", "tensor": OUTPUT_NAME, "layout": "flat",
-                   "native_layout": "flat"})
-    return layers
-
-
-def attach_layer_map(model: onnx.ModelProto, native_layout: str) -> list[dict]:
-    """Find the layer map and store it in the model's metadata_props (JSON); return it."""
-    layers = find_layers(model, native_layout)
-    doc = {"version": MAP_VERSION, "images": DIAGNOSIS_IMAGES, "layers": layers}
-    set_metadata(model, LAYER_MAP_KEY, json.dumps(doc, sort_keys=True, separators=(",", ":")))
-    return layers
-
-
-def native_layout(layers: list[dict]) -> str:
-    """The layout of the native framework's 4-D activations, as the layer map records it."""
-    return next((s["native_layout"] for s in layers if s["native_layout"] in _ORDER), "NCHW")
-
-
-def with_native_layout(layers: list[dict], layout: str) -> list[dict]:
-    """The layer map with another native layout (a reference recorded by the other framework,
-    e.g. for a twin exported by the other exporter): 4-D layers and the flatten order follow."""
-    if layout not in _ORDER:
-        raise ArtifactError(f"reference.npz: unknown layer_layout {layout!r}")
-    out = []
-    for spec in layers:
-        spec = dict(spec)
-        if spec["native_layout"] in _ORDER:
-            spec["native_layout"] = layout
-        if "native_order" in spec:
-            spec["native_order"] = _ORDER[layout]
-        out.append(spec)
-    return out
-
-
-def read_layer_map(model: onnx.ModelProto, source: str = "model") -> list[dict]:
-    """The layer map stored in `model`'s metadata_props."""
-    meta = {p.key: p.value for p in model.metadata_props}
-    if LAYER_MAP_KEY not in meta:
-        raise ArtifactError(f"{source}: no {LAYER_MAP_KEY!r} in metadata_props (exported before "
-                            "layer maps were recorded; export it again)")
-    try:
-        layers = json.loads(meta[LAYER_MAP_KEY])["layers"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ArtifactError(f"{source}: metadata {LAYER_MAP_KEY!r} is not a layer map "
-                            f"({exc!r})") from None
-    keys = {"layer", "tensor", "layout", "native_layout"}
-    if not isinstance(layers, list) or not layers or not all(
-            isinstance(r, dict) and keys <= r.keys() for r in layers):
-        raise ArtifactError(f"{source}: metadata {LAYER_MAP_KEY!r} is not a layer map "
-                            f"(a list of layers, each with {', '.join(sorted(keys))})")
-    return layers
 
 
 # -- running and comparing ---------------------------------------------------------------------
@@ -413,32 +235,9 @@ def diagnose(model: Path | bytes, reference: Mapping[str, np.ndarray], runner_ke
             **summary(rows)}
 
 
-def verify_export(model: onnx.ModelProto, native: Mapping[str, np.ndarray], images: np.ndarray
-                  ) -> list[dict]:
-    """At export: the mapped tensors, run on onnxruntime CPU, must match the native layers,
-    layer for layer, within VERIFY_SCALE x the tolerance (a wrong tensor, e.g. before a ReLU, or
-    a wrong layout is off by O(1); the gate on rounding noise is parity's, not the export's);
-    raise LayerMapError naming every mismatch."""
-    layers = read_layer_map(model)
-    mapped, recorded = [s["layer"] for s in layers], list(native)
-    if mapped != recorded:
-        raise LayerMapError(f"the graph's layers {mapped} are not the native layers {recorded}")
-    try:
-        _, values = run_layers(model, layers, images, "cpu")
-        rows = compare(layers, values, native, BASE_RUNNER_TOLERANCE * VERIFY_SCALE)
-    except ArtifactError as exc:
-        raise LayerMapError(str(exc)) from None
-    bad = [r for r in rows if not r["passed"]]
-    if bad:
-        raise LayerMapError("layer map does not match the native model: " + "; ".join(
-            f"{r['layer']} ({r['tensor']}, {r['layout']}): relative error {r['rel_error']:.3g} "
-            f"> {_short(r['tolerance'])}" for r in bad))
-    return rows
-
-
 # -- reporting ----------------------------------------------------------------------------------
 
-def _short(x: float) -> str:
+def short(x: float) -> str:
     """1e-4 rather than 0.0001: tolerances in messages and tables."""
     mantissa, _, exponent = f"{x:.1e}".partition("e")
     mantissa = mantissa.rstrip("0").rstrip(".")
@@ -465,12 +264,12 @@ def failure_clause(result: dict) -> str:
     row = rows[k]
     if row["passed"]:  # under the limit but above noise, and a later layer is over it
         head = (f"first divergence at {first} (max |diff| {row['max_abs_diff']:.2g}, relative "
-                f"{row['rel_error']:.2g} > {_short(_noise_limit(row))}, above a healthy "
-                f"export's noise; the first layer over {_short(row['tolerance'])} is "
+                f"{row['rel_error']:.2g} > {short(_noise_limit(row))}, above a healthy "
+                f"export's noise; the first layer over {short(row['tolerance'])} is "
                 f"{result.get('first_over_limit')}")
     else:
         head = (f"first divergence at {first} (max |diff| {row['max_abs_diff']:.2g}, relative "
-                f"{row['rel_error']:.2g} > {_short(row['tolerance'])}")
+                f"{row['rel_error']:.2g} > {short(row['tolerance'])}")
     if k == 0:
         return head + f"; {first} is the first layer)"
     before = max(r["rel_error"] for r in rows[:k])
@@ -492,5 +291,5 @@ def markdown(result: dict) -> list[str]:
         lines.append(f"| {r['layer']} | `{cell(str(r['tensor']))}` | "
                      f"{r['layout']} / {r['native_layout']} "
                      f"| {r['max_abs_diff']:.2e} | {r['rel_error']:.2e} | {r['frac_over']:.2%} "
-                     f"| {_short(r['tolerance'])} | {mark} |")
+                     f"| {short(r['tolerance'])} | {mark} |")
     return lines

@@ -14,7 +14,7 @@ from typing import IO, Iterator
 
 import numpy as np
 
-from convert.errors import ArtifactError, OutputError
+from train.core.errors import ArtifactError, OutputError
 
 
 # errno -> the reason a user reads; an OSError with one of these while writing is the

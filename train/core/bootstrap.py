@@ -17,7 +17,7 @@ import sys
 import venv
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv"
 STAMP = VENV / ".lenet5-installed"  # sha256 of the pyproject.toml last installed
 JS_DIR = ROOT / "validate" / "js"

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from train.recipe import default_threads  # framework-free
+from train.core.threads import default_threads
 
 BATCH_SIZES = (1, 32, 256)
 DEFAULT_ROUNDS = 5

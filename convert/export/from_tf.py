@@ -8,14 +8,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tensorflow as tf  # noqa: E402
 import tf2onnx  # noqa: E402
 
-from convert import native, onnx_utils  # noqa: E402
+from convert.export import reference  # noqa: E402
+from train.core import contract as onnx_utils
+from train.core import weights as cw
+from train.core.history import read_history
 from train.keras_lenet import load_model, nhwc, predict  # noqa: E402
-from validate import layers as layer_map  # noqa: E402
+from convert.export.layermap import attach_layer_map  # noqa: E402
 
 INPUT_SIGNATURE = [tf.TensorSpec([None, 1, 28, 28], tf.float32, name=onnx_utils.INPUT_NAME)]
 
@@ -40,12 +45,12 @@ def to_onnx(model, history: dict):
     meta = onnx_utils.metadata(history, "tensorflow", f"{tf.__version__} (keras {keras.__version__})",
                                "tf2onnx", tf2onnx.__version__)
     proto = onnx_utils.apply_contract(proto, meta)
-    layer_map.attach_layer_map(proto, native_layout="NHWC")
+    attach_layer_map(proto, native_layout="NHWC")
     return proto
 
 
 def layer_outputs(model, images) -> dict:
-    """Native output of every layer of the layer map (validate.layers), NHWC, for NCHW images.
+    """Native output of every layer of the layer map (validate.diagnose.layers), NHWC, for NCHW images.
 
     The Sequential model's layers are called in turn: Conv2D -> conv<i> (its ReLU included),
     pooling -> pool<i>, Flatten -> flatten, Dense -> fc<j>. Where the last Dense applies softmax
@@ -97,12 +102,41 @@ def native_model(path: Path, threads: int):
     return "tensorflow", tf.__version__, prepare
 
 
+def canonical_weights(model) -> cw.Weights:
+    """A trained train.keras_lenet model's weights in the canonical layout (OIHW, (out, in))."""
+    import keras
+
+    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+    denses = [l for l in model.layers if isinstance(l, keras.layers.Dense)]
+    arrays = {}
+    for name, layer in zip(("conv1", "conv2"), convs):
+        kernel, bias = layer.get_weights()
+        arrays[f"{name}.kernel"] = cw.hwio_to_oihw(kernel)
+        arrays[f"{name}.bias"] = bias
+    for name, layer in zip(("dense1", "dense2", "dense3"), denses):
+        kernel, bias = layer.get_weights()
+        arrays[f"{name}.kernel"] = np.ascontiguousarray(kernel.T)  # (in, out) -> (out, in)
+        arrays[f"{name}.bias"] = bias
+    # 'same' with a 5x5 kernel and stride 1 pads 2 on every side, as PyTorch's padding=2.
+    pads = tuple((l.kernel_size[0] - 1) // 2 if l.padding == "same" else 0 for l in convs)
+    softmax = getattr(denses[-1].activation, "__name__", "") == "softmax"
+    return cw.Weights(arrays, cw.Architecture(source="tf", flatten_order="HWC",
+                                              conv_padding=pads,
+                                              output="probabilities" if softmax else "logits"))
+
+
+def write_weights(model, folder: Path) -> Path:
+    """Write FOLDER/weights.npz for the other framework's twin builder."""
+    path = folder / cw.FILE
+    cw.save(path, canonical_weights(model))
+    return path
+
+
 def export(artifacts: Path, data_dir: str | None = None) -> Path:
     """Write lenet5.onnx, reference.npz and test_data_set_0/ under ARTIFACTS/tf."""
     folder = artifacts / "tf"
     model = load_model(folder / "model.keras")
-    from convert.twin_tf import write_weights  # weights.npz, read by the other side's twin
     write_weights(model, folder)
-    onnx_model = to_onnx(model, native.read_history(folder))
-    return native.write_export(artifacts, "tf", onnx_model, lambda x: predict(model, x),
-                               data_dir, lambda x: layer_outputs(model, x))
+    onnx_model = to_onnx(model, read_history(folder))
+    return reference.write_export(artifacts, "tf", onnx_model, lambda x: predict(model, x),
+                                  data_dir, lambda x: layer_outputs(model, x))

@@ -3,7 +3,7 @@ tf2onnx; and every lenet5.onnx brought back into TensorFlow with onnx2tf (SavedM
 float32 TFLite file run in the LiteRT interpreter).
 
 Imports tensorflow/keras/tf2onnx only, inside the functions that need them (never torch).
-Weights arrive as the framework-free canonical file (convert.weights). onnx2tf runs in a child
+Weights arrive as the framework-free canonical file (train.core.weights). onnx2tf runs in a child
 process of its own: on import it switches tf.keras to the legacy tf_keras
 (TF_USE_LEGACY_KERAS=1) and on some failures it calls sys.exit, neither of which may reach the
 process that holds the Keras 3 twin.
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from convert import weights as cw
-from convert.fileio import sha256_file
+from train.core import weights as cw
+from train.core.fileio import sha256_file
 from train import data
-from validate.conversion import (CONVERSION, ONNX2TF_DIR, ONNX2TF_FILE, TFLITE_FILE,
+from validate.compare.conversion import (CONVERSION, ONNX2TF_DIR, ONNX2TF_FILE, TFLITE_FILE,
                                  TWIN_NATIVE, TWIN_ONNX, frameworks_present,
                                  save_twin, write_probabilities, write_status)
 
@@ -48,36 +48,6 @@ def _log(msg: str) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
-
-
-def canonical_weights(model) -> cw.Weights:
-    """A trained train.keras_lenet model's weights in the canonical layout (OIHW, (out, in))."""
-    import keras
-
-    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
-    denses = [l for l in model.layers if isinstance(l, keras.layers.Dense)]
-    arrays = {}
-    for name, layer in zip(("conv1", "conv2"), convs):
-        kernel, bias = layer.get_weights()
-        arrays[f"{name}.kernel"] = cw.hwio_to_oihw(kernel)
-        arrays[f"{name}.bias"] = bias
-    for name, layer in zip(("dense1", "dense2", "dense3"), denses):
-        kernel, bias = layer.get_weights()
-        arrays[f"{name}.kernel"] = np.ascontiguousarray(kernel.T)  # (in, out) -> (out, in)
-        arrays[f"{name}.bias"] = bias
-    # 'same' with a 5x5 kernel and stride 1 pads 2 on every side, as PyTorch's padding=2.
-    pads = tuple((l.kernel_size[0] - 1) // 2 if l.padding == "same" else 0 for l in convs)
-    softmax = getattr(denses[-1].activation, "__name__", "") == "softmax"
-    return cw.Weights(arrays, cw.Architecture(source=FRAMEWORK, flatten_order="HWC",
-                                              conv_padding=pads,
-                                              output="probabilities" if softmax else "logits"))
-
-
-def write_weights(model, folder: Path) -> Path:
-    """Write FOLDER/weights.npz for the other framework's twin builder."""
-    path = folder / cw.FILE
-    cw.save(path, canonical_weights(model))
-    return path
 
 
 def build_twin(weights: cw.Weights):
@@ -126,8 +96,8 @@ def make_twin(artifacts: Path, source: str, images: np.ndarray) -> float:
     """ARTIFACTS/SOURCE/weights.npz -> Keras twin -> twin.onnx (tf2onnx), twin_native.npz."""
     import tensorflow as tf
 
-    from convert.export_tf import to_onnx
-    from convert.native import read_history
+    from convert.export.from_tf import to_onnx
+    from train.core.history import read_history
     from train.keras_lenet import predict
 
     start = time.perf_counter()

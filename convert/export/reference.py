@@ -2,58 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from convert.errors import ArtifactError
-from convert import onnx_utils
-from convert.fileio import atomic_open, refresh_sha256sums
+from train.core import contract as onnx_utils
+from train.core.fileio import atomic_open, refresh_sha256sums
+from train.core.layermap import DIAGNOSIS_IMAGES, native_layout, read_layer_map
 from train import data
-from validate.latency import BATCH_SIZES
-
-
-def read_history(folder: Path) -> dict:
-    """Load a training run's history.json, naming the file on failure."""
-    path = folder / "history.json"
-    try:
-        history = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: missing; train this framework first") from None
-    except ValueError as exc:
-        raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path}: cannot read it ({exc})") from None
-    required = ("recipe", "test_accuracy", "architecture", "parameters")
-    missing = [k for k in required
-               if not isinstance(history, dict) or k not in history]
-    if missing:
-        raise ArtifactError(f"{path}: not a training history (no {', '.join(missing)})")
-    wrong = [k for k, kinds in _HISTORY_TYPES.items()
-             if k in history and not _is(history[k], kinds)
-             or k in required and history.get(k) is None]
-    epochs = history.get("epochs", [])
-    if not isinstance(epochs, list) or not all(
-            isinstance(e, dict) and all(_is(e.get(f, 0), (int, float)) for f in _EPOCH_FIELDS)
-            for e in epochs):
-        wrong.append("epochs")
-    if wrong:
-        raise ArtifactError(f"{path}: not a training history ({', '.join(wrong)} of the wrong "
-                            "type)")
-    return history
-
-
-_HISTORY_TYPES = {"recipe": (dict,), "test_accuracy": (int, float), "architecture": (str,),
-                  "parameters": (int,), "seconds": (int, float),
-                  "images_per_second": (int, float), "versions": (dict,), "threads": (int,)}
-_EPOCH_FIELDS = ("epoch", "loss", "accuracy", "seconds", "images_per_second")
-
-
-def _is(value, kinds: tuple) -> bool:
-    """isinstance, where a bool is not a number and null is allowed for optional fields."""
-    return value is None or (isinstance(value, kinds) and not isinstance(value, bool))
+from validate.timing.latency import BATCH_SIZES
 
 
 def latency_images(data_dir: str | None) -> np.ndarray:
@@ -96,20 +54,20 @@ def write_export(artifacts: Path, framework: str, onnx_model, predict: Callable,
 
     `predict` maps float32 NCHW test images to the native model's probabilities;
     `layer_outputs` maps them to the native outputs of every layer in the graph's layer map
-    (validate.layers), which must match the mapped ONNX tensors before anything is written.
+    (validate.diagnose.layers), which must match the mapped ONNX tensors before anything is written.
     """
     # Imported here: onnxruntime is needed only to verify an export, not in latency children.
-    from validate import layers as layer_map
+    from convert.export.layermap import verify_export
 
     folder = artifacts / framework
     images, labels = data.load_test(data_dir)
     test_images = data.to_float(images)
     layer_input = layers = None
     if layer_outputs is not None:
-        layer_input = test_images[:layer_map.DIAGNOSIS_IMAGES]
+        layer_input = test_images[:DIAGNOSIS_IMAGES]
         layers = layer_outputs(layer_input)
-        layer_map.verify_export(onnx_model, layers, layer_input)  # a wrong map fails here
-    layout = layer_map.native_layout(layer_map.read_layer_map(onnx_model)) if layers else None
+        verify_export(onnx_model, layers, layer_input)  # a wrong map fails here
+    layout = native_layout(read_layer_map(onnx_model)) if layers else None
     probabilities = predict(test_images)
     onnx_utils.write_test_data_set(folder / "test_data_set_0", test_images[:8], probabilities[:8])
     write_reference(folder, framework, probabilities, labels, layers, layer_input, layout)

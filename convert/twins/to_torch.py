@@ -2,7 +2,7 @@
 torch.onnx; and every lenet5.onnx brought back into PyTorch with onnx2torch.
 
 Imports torch only (never tensorflow); runs in a process of its own. Weights arrive as the
-framework-free canonical file (convert.weights), never from a Keras object.
+framework-free canonical file (train.core.weights), never from a Keras object.
 """
 
 from __future__ import annotations
@@ -16,19 +16,16 @@ import onnx
 import torch
 from torch import nn
 
-from convert import weights as cw
-from convert.export_torch import to_onnx
-from convert.fileio import sha256_file
-from convert.native import read_history
+from train.core import weights as cw
+from convert.export.from_torch import TORCH_KEYS, to_onnx
+from train.core.fileio import sha256_file
+from train.core.history import read_history
 from train import data
 from train.torch_lenet import predict
-from validate.conversion import (CONVERSION, ONNX2TORCH_FILE, TWIN_NATIVE, TWIN_ONNX,
+from validate.compare.conversion import (CONVERSION, ONNX2TORCH_FILE, TWIN_NATIVE, TWIN_ONNX,
                                  frameworks_present, save_twin, write_probabilities, write_status)
 
 FRAMEWORK = "torch"
-# (canonical layer, index in LeNet5.features / .classifier): the state_dict keys.
-_TORCH_KEYS = {"conv1": "features.0", "conv2": "features.3", "dense1": "classifier.1",
-               "dense2": "classifier.3", "dense3": "classifier.5"}
 
 
 def _log(msg: str) -> None:
@@ -38,25 +35,6 @@ def _log(msg: str) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
-
-
-def canonical_weights(model: nn.Module) -> cw.Weights:
-    """A trained train.torch_lenet.LeNet5's weights in the canonical layout (PyTorch's own)."""
-    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    arrays = {}
-    for name, key in _TORCH_KEYS.items():
-        arrays[f"{name}.kernel"] = state[f"{key}.weight"]  # OIHW / (out, in) already
-        arrays[f"{name}.bias"] = state[f"{key}.bias"]
-    pads = tuple(int(model.features[i].padding[0]) for i in (0, 3))
-    return cw.Weights(arrays, cw.Architecture(source=FRAMEWORK, flatten_order="CHW",
-                                              conv_padding=pads, output="logits"))
-
-
-def write_weights(model: nn.Module, folder: Path) -> Path:
-    """Write FOLDER/weights.npz for the other framework's twin builder."""
-    path = folder / cw.FILE
-    cw.save(path, canonical_weights(model))
-    return path
 
 
 class TwinLeNet5(nn.Module):
@@ -85,7 +63,7 @@ def build_twin(weights: cw.Weights) -> TwinLeNet5:
     """The PyTorch twin of canonical weights: every layout difference converted here."""
     arch = weights.architecture
     state = {}
-    for name, key in _TORCH_KEYS.items():
+    for name, key in TORCH_KEYS.items():
         kernel = weights[f"{name}.kernel"]  # conv OIHW and dense (out, in): PyTorch's layout
         if name == "dense1":
             # nn.Flatten on NCHW gives CHW order; a Keras source flattened NHWC (HWC).

@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.errors import ArtifactError
-from convert.fileio import atomic_open, read_npz
+from train.core.errors import ArtifactError
+from train.core.fileio import atomic_open, read_npz
 
 LAYOUT_VERSION = 1
 FILE = "weights.npz"

@@ -1,0 +1,21 @@
+"""Thread counts: how many cores this process may use, and a --threads value checked."""
+
+from __future__ import annotations
+
+import os
+
+from train.core.errors import ToolkitError
+
+
+def default_threads() -> int:
+    """Cores this process may run on: what both frameworks use when no thread count is given."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def check_threads(threads: int | None) -> int | None:
+    """A --threads value, checked: None (every core) or at least 1."""
+    if threads is not None and threads < 1:
+        raise ToolkitError(f"--threads must be at least 1, got {threads}")
+    return threads
