@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DATA_DIR, error_lines, run
-from validate.report import html as report_html
+from validate.report.context import Context, title
+from validate.report.figures import make_figure, render_figure
+from validate.report.markup import cell_text
+from validate.report.page import render, write_html
 
 SECTIONS = ("verdict", "training", "confusion", "per-class", "parity", "latency", "flips",
             "conversion", "precision", "layers", "models", "runtimes", "environment",
@@ -105,17 +108,17 @@ def test_report_html_is_self_contained_and_complete(quick_html, quick_report):
     for fw in ("tf", "torch"):
         m = quick_report["models"][fw]
         hist = m["training"]["history"][0]
-        assert report_html._fmt(hist["loss"]) in text
-        assert report_html._fmt(m["runtimes"]["onnxruntime-cpu"]["max_abs_diff"]) in text
-        assert report_html._fmt(m["latency"][0]["p99_ms"]) in text
+        assert cell_text(hist["loss"]) in text
+        assert cell_text(m["runtimes"]["onnxruntime-cpu"]["max_abs_diff"]) in text
+        assert cell_text(m["latency"][0]["p99_ms"]) in text
         assert f"<td>{m['accuracy']['confusion']['onnxruntime'][0][0]}</td>" in text
         # the parity table has the Markdown report's columns: noise-floor check, batch, rerun
         cpu = m["runtimes"]["onnxruntime-cpu"]
-        row = re.search(rf"<tr><td>{report_html.title(fw)}</td><td>onnxruntime-cpu</td>"
+        row = re.search(rf"<tr><td>{title(fw)}</td><td>onnxruntime-cpu</td>"
                         r"((?:<td>.*?</td>)+)</tr>", text).group(1)
         cells = re.findall(r"<td>(.*?)</td>", row)
         assert cells[6:9] == [cpu["tolerance_check"]["status"],
-                               report_html._fmt(cpu["invariance"]["batch_max_abs_diff"]),
+                               cell_text(cpu["invariance"]["batch_max_abs_diff"]),
                                "yes" if cpu["invariance"]["rerun_identical"] else "no"], cells
     for name in quick_report["cross_framework"]["per_class"]["class_names"]:
         assert name in text
@@ -126,8 +129,8 @@ def test_report_html_is_self_contained_and_complete(quick_html, quick_report):
 def test_same_report_same_figures(quick_report):
     """Fixed SVG ids and no dates: a report rendered twice is the same bytes (diffable)."""
     for name in ("per_class", "parity"):
-        one, two = (report_html.render_figure(report_html._make(
-            name, report_html.Context(quick_report))) for _ in range(2))
+        one, two = (render_figure(make_figure(name, Context(quick_report)))
+                    for _ in range(2))
         assert one == two and b"<dc:date>" not in one
 
 
@@ -136,7 +139,7 @@ def test_flipped_images_are_drawn_with_both_predictions(quick_report, quick_arti
     r = report["models"]["torch"]["runtimes"]["onnxruntime-cpu"]
     r["flips"], r["flip_count"] = [0, 12], 2
     r["flip_predictions"] = [{"index": 12, "native": 5, "runtime": 7}]
-    page = report_html.render(report, str(DATA_DIR))
+    page = render(report, str(DATA_DIR))
     section = page.split('<section id="flips">')[1].split("</section>")[0]
     assert "data:image/png;base64," in section
     import numpy as np
@@ -165,7 +168,7 @@ def test_missing_pieces_are_said_never_a_crash(quick_report, tmp_path):
     torch["conversion"] = {"rows": [{"key": "twin", "name": "torch -> tf twin", "status": "ok",
                                      "max_abs_diff": 2e-7, "flip_count": 0, "passed": True}],
                            "passed": True}
-    path = report_html.write_html(report, tmp_path, data_dir=str(tmp_path / "no-data"))
+    path = write_html(report, tmp_path, data_dir=str(tmp_path / "no-data"))
     text = path.read_text()
     assert "could not be drawn" not in text
     assert "TensorFlow: not validated: tf/lenet5.onnx: not an ONNX model" in text
@@ -174,7 +177,7 @@ def test_missing_pieces_are_said_never_a_crash(quick_report, tmp_path):
     assert ">FAILED<" in text
     assert "<td>torch -&gt; tf twin</td>" in text  # a conversion row without its other fields
     # an empty report still gives a page
-    bare = report_html.render({"models": {}, "passed": False})
+    bare = render({"models": {}, "passed": False})
     assert "no model was validated" in bare and "could not be drawn" not in bare
 
 
@@ -183,13 +186,13 @@ def test_cli_writes_html_and_png(quick_artifacts, tmp_path):
     shutil.copyfile(quick_artifacts / "report.json", report)
     # A bad --png is said before anything is written.
     for bad in (f"nope={tmp_path / 'x.png'}", "parity", f"parity={tmp_path / 'p.svg'}"):
-        proc = run("validate.report.html", str(report), "--png", f"parity={tmp_path / 'parity.png'}",
+        proc = run("validate.html", str(report), "--png", f"parity={tmp_path / 'parity.png'}",
                    "--png", bad)
         assert proc.returncode == 2, proc.stderr
         assert error_lines(proc) == [error_lines(proc)[0]]
         assert error_lines(proc)[0].startswith(f"error: --png {bad}: ")
         assert not (tmp_path / "report.html").exists() and not (tmp_path / "parity.png").exists()
-    proc = run("validate.report.html", str(report), "--png", f"parity={tmp_path / 'parity.png'}")
+    proc = run("validate.html", str(report), "--png", f"parity={tmp_path / 'parity.png'}")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "report.html").is_file()
     assert (tmp_path / "parity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -16,7 +16,8 @@ import json
 from pathlib import Path
 
 from train.core.errors import ArgumentParser, ArtifactError, ToolkitError, cli_call
-from validate.report.html import FIGURES, save_png, write_html
+from validate.report.figures import FIGURES, save_png
+from validate.report.page import write_html
 
 
 def _load(path: Path) -> dict:

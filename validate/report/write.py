@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from train.core.fileio import write_json, write_text
-from validate.report.html import write_html
 from validate.report.markdown import markdown
+from validate.report.page import write_html
 
 
 def write(report: dict, folder: Path, data_dir: str | None = None) -> tuple[Path, ...]:
