@@ -18,7 +18,7 @@ QUICK_LIMIT = 6000  # images in the --quick run's one epoch
 
 def parser() -> argparse.ArgumentParser:
     """The whole CLI."""
-    from validate.options import add_validate_args, frameworks_arg
+    from validate.options import add_validate_args
 
     p = ArgumentParser(
         prog="python -m convert",
@@ -27,6 +27,23 @@ def parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 every gate passed, 1 a gate failed (parity, conversion, "
                "precision), 2 bad input, 3 a stage crashed.")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_all(sub)
+    t = sub.add_parser("train", help="train one framework (python -m train)")
+    t.add_argument("framework", choices=FRAMEWORKS)
+    add_recipe_args(t)
+    add_threads_arg(t)
+    _add_export(sub)
+    _add_twins(sub)
+    v = sub.add_parser("validate", help="validate the ONNX models (python -m validate)")
+    add_validate_args(v, positional=True)
+    _add_quantize(sub)
+    s = sub.add_parser("test", help="run the test suite (pytest; arguments passed on)")
+    s.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    return p
+
+
+def _add_all(sub) -> None:
+    from validate.options import add_validate_args, frameworks_arg
 
     a = sub.add_parser("all", help="data check, train + export both frameworks, validate")
     add_recipe_args(a)
@@ -44,11 +61,8 @@ def parser() -> argparse.ArgumentParser:
                         "one per core); --jobs 1 runs them one after the other")
     add_validate_args(a, positional=False)
 
-    t = sub.add_parser("train", help="train one framework (python -m train)")
-    t.add_argument("framework", choices=FRAMEWORKS)
-    add_recipe_args(t)
-    add_threads_arg(t)
 
+def _add_export(sub) -> None:
     e = sub.add_parser("export", help="export one trained model to ONNX, with references")
     e.add_argument("framework", choices=FRAMEWORKS)
     e.add_argument("--artifacts", type=Path, default=Path("artifacts"))
@@ -56,6 +70,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=None,
                    help="intra-op threads for the native model (default: all cores)")
 
+
+def _add_twins(sub) -> None:
     w = sub.add_parser("twins", help="same weights in the other framework, and every "
                        "lenet5.onnx back into a framework (everything that needs FRAMEWORK)")
     w.add_argument("framework", choices=FRAMEWORKS,
@@ -68,8 +84,9 @@ def parser() -> argparse.ArgumentParser:
                         "images either way (the stage takes seconds)")
     w.add_argument("--roundtrip-child", action="store_true", help=argparse.SUPPRESS)
 
-    v = sub.add_parser("validate", help="validate the ONNX models (python -m validate)")
-    add_validate_args(v, positional=True)
+
+def _add_quantize(sub) -> None:
+    from validate.options import frameworks_arg
 
     q = sub.add_parser("quantize", help="INT8 and FP16 variants of each exported ONNX model")
     q.add_argument("--artifacts", type=Path, default=Path("artifacts"))
@@ -77,10 +94,6 @@ def parser() -> argparse.ArgumentParser:
                    help="comma-separated subset of torch,tf (default both)")
     q.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (training images "
                    "for INT8 calibration)")
-
-    s = sub.add_parser("test", help="run the test suite (pytest; arguments passed on)")
-    s.add_argument("pytest_args", nargs=argparse.REMAINDER)
-    return p
 
 
 def _framework(framework: str) -> None:

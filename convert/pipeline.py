@@ -217,13 +217,67 @@ def _summary(runner: StageRunner, total: float) -> None:
     print(f"  {'total':<24} {total:7.1f} s", flush=True)
 
 
+def _framework_lanes(frameworks: tuple[str, ...], artifacts: Path, recipe: Recipe,
+                     force: bool, common: tuple[str, ...], threads: int) -> list[list[Stage]]:
+    """Per framework: train (unless already trained with this recipe), export, quantize."""
+    recipe_args = ("--epochs", str(recipe.epochs), "--batch-size", str(recipe.batch_size),
+                   "--seed", str(recipe.seed), "--threads", str(threads))
+    if recipe.limit:
+        recipe_args += ("--limit", str(recipe.limit))
+    lanes = []
+    for fw in frameworks:
+        lane = []
+        if not force and already_trained(artifacts / fw, fw, recipe):
+            print(f"\n== train {fw}: skipped, {artifacts / fw} holds a model trained with "
+                  "this recipe (--force trains again)", flush=True)
+        else:
+            lane.append(Stage(f"train {fw}", ("train", fw, *recipe_args, *common),
+                              f"[{fw}] "))
+        lane.append(Stage(f"export {fw}", ("export", fw, *common, "--threads", str(threads)),
+                          f"[{fw}] "))
+        lane.append(Stage(f"quantize {fw}", ("quantize", "--frameworks", fw, *common),
+                          f"[{fw}] "))
+        lanes.append(lane)
+    return lanes
+
+
+def _failure_status(runner: StageRunner, start: float) -> int | None:
+    """The run's exit status if a stage failed (after the summary), else None."""
+    failed = runner.failed()
+    if not failed:
+        return None
+    _summary(runner, time.perf_counter() - start)
+    if failed.status == 2:  # bad input: the stage has printed its one line
+        return 2
+    print(f"error: stage '{failed.label}' crashed (exit status {failed.status}); "
+          "see its output above", file=sys.stderr)
+    return CRASH_STATUS
+
+
+def _validate_stage(runner: StageRunner, artifacts: Path, frameworks: tuple[str, ...],
+                    options: Options, limits: Limits, data_folder: Path, summary: Path | None,
+                    start: float) -> int:
+    """Validate and write the reports, then the stage summary; returns the run's exit status."""
+    from validate.run import validate_and_report
+
+    print("\n== validate: every runtime, each model in a contained process", flush=True)
+    options = dataclasses.replace(options, data_dir=str(data_folder))
+    v_start = time.perf_counter()
+    status, _ = validate_and_report(artifacts, frameworks, options, limits, artifacts,
+                                    summary)
+    runner.results.append(StageResult("validate", status, time.perf_counter() - v_start))
+    total = time.perf_counter() - start
+    _summary(runner, total)
+    print(f"\nall stages done in {total:.0f} s; "
+          f"{'PASSED' if status == 0 else 'FAILED' if status == 1 else 'bad input'}")
+    return status
+
+
 def run_all(frameworks: tuple[str, ...], recipe: Recipe, data_dir: str | None,
             artifacts: Path, force: bool, quick: bool, options: Options, limits: Limits,
             summary: Path | None = None, jobs: int | None = None,
             threads: int | None = None) -> int:
     """The whole job; returns the exit status (0 passed, 1 failed, 2 bad input, 3 crash)."""
-    from validate.run import validate_and_report
-
     start = time.perf_counter()
     if summary is not None:
         append_text(summary, "")  # an unwritable --summary is said now, not after the run
@@ -237,51 +291,20 @@ def run_all(frameworks: tuple[str, ...], recipe: Recipe, data_dir: str | None,
         print(f"== plan: {len(frameworks)} framework lane(s), {jobs} at once, {threads} "
               f"intra-op thread(s) per stage ({default_threads()} cores)", flush=True)
         common = ("--artifacts", str(artifacts), "--data-dir", str(folder))
-        recipe_args = ("--epochs", str(recipe.epochs), "--batch-size", str(recipe.batch_size),
-                       "--seed", str(recipe.seed), "--threads", str(threads))
-        if recipe.limit:
-            recipe_args += ("--limit", str(recipe.limit))
-        quick_arg = ("--quick",) if quick else ()
         runner = StageRunner()
-        lanes = []
-        for fw in frameworks:
-            lane = []
-            if not force and already_trained(artifacts / fw, fw, recipe):
-                print(f"\n== train {fw}: skipped, {artifacts / fw} holds a model trained with "
-                      "this recipe (--force trains again)", flush=True)
-            else:
-                lane.append(Stage(f"train {fw}", ("train", fw, *recipe_args, *common),
-                                  f"[{fw}] "))
-            lane.append(Stage(f"export {fw}", ("export", fw, *common, "--threads", str(threads)),
-                              f"[{fw}] "))
-            lane.append(Stage(f"quantize {fw}", ("quantize", "--frameworks", fw, *common),
-                              f"[{fw}] "))
-            lanes.append(lane)
-        runner.lanes(lanes, jobs)
+        runner.lanes(_framework_lanes(frameworks, artifacts, recipe, force, common, threads),
+                     jobs)
         # Same weights in the other framework, and every ONNX file back into a framework: one
         # process per framework, side by side (nothing is timed here). Whenever both models
         # are there: a model trained again alone would otherwise be judged on conversions
         # made from its previous weights.
         if not runner.failed() and len(frameworks_present(artifacts)) == len(CHECKPOINTS):
+            quick_arg = ("--quick",) if quick else ()
             runner.lanes([[Stage(f"twins {fw}", ("twins", fw, *common, *quick_arg),
                                  f"[{fw}] ")] for fw in CHECKPOINTS], jobs)
-        failed = runner.failed()
-        if failed:
-            _summary(runner, time.perf_counter() - start)
-            if failed.status == 2:  # bad input: the stage has printed its one line
-                return 2
-            print(f"error: stage '{failed.label}' crashed (exit status {failed.status}); "
-                  "see its output above", file=sys.stderr)
-            return CRASH_STATUS
+        status = _failure_status(runner, start)
+        if status is not None:
+            return status
         _web_demo(artifacts, frameworks, folder)
-        print("\n== validate: every runtime, each model in a contained process", flush=True)
-        options = dataclasses.replace(options, data_dir=str(folder))
-        v_start = time.perf_counter()
-        status, _ = validate_and_report(artifacts, frameworks, options, limits, artifacts,
-                                        summary)
-        runner.results.append(StageResult("validate", status, time.perf_counter() - v_start))
-        total = time.perf_counter() - start
-        _summary(runner, total)
-        print(f"\nall stages done in {total:.0f} s; "
-              f"{'PASSED' if status == 0 else 'FAILED' if status == 1 else 'bad input'}")
-        return status
+        return _validate_stage(runner, artifacts, frameworks, options, limits, folder, summary,
+                               start)

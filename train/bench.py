@@ -59,6 +59,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from train.core.errors import ArgumentParser, cli_call
 from train import data
@@ -104,73 +105,101 @@ class _Epochs:
              images=self.images)
 
 
+# A case set up in the worker: its epoch reporter, one epoch, and the test accuracy.
+_Case = tuple[_Epochs, Callable[[], None], Callable[[], float]]
+
+
 def _torch_worker(mode: str, recipe: Recipe, threads: int | None, tmp: Path,
                   evaluate: bool) -> None:
-    import numpy as np
     import torch
 
     from train import torch_lenet as tl
 
     tl.set_threads(threads)
-    if mode == "seed":
-        import torchvision
-        from torchvision import transforms
+    case = _torch_seed_case if mode == "seed" else _torch_toolkit_case
+    epochs, one_epoch, accuracy = case(recipe, tmp)
+    _serve_epochs(recipe, torch.get_num_threads(), epochs, one_epoch,
+                  accuracy if evaluate else None)
 
-        torch.manual_seed(recipe.seed)
-        train_set = torchvision.datasets.FashionMNIST(str(tmp), train=True, download=True,
-                                                      transform=transforms.ToTensor())
-        if recipe.limit:
-            train_set = torch.utils.data.Subset(train_set, range(recipe.limit))
-        loader = torch.utils.data.DataLoader(train_set, batch_size=recipe.batch_size,
-                                             shuffle=True)
-        model = tl.LeNet5()
-        optimizer = torch.optim.Adam(model.parameters(), lr=recipe.learning_rate)
-        criterion = torch.nn.CrossEntropyLoss()
-        epochs = _Epochs(len(train_set))
 
-        def one_epoch() -> None:
-            model.train()
-            # Per-step loss and accuracy bookkeeping, as fit and the toolkit both keep.
-            running_loss, correct = 0.0, 0
-            for x, y in loader:
-                optimizer.zero_grad()
-                logits = model(x)
-                loss = criterion(logits, y)
-                loss.backward()
-                optimizer.step()
-                running_loss += loss.item() * len(y)
-                correct += (logits.argmax(1) == y).sum().item()
+def _torch_seed_case(recipe: Recipe, tmp: Path) -> _Case:
+    """The seed's own PyTorch loop (torchvision dataset and DataLoader, torch.optim.Adam):
+    (epochs, one_epoch, accuracy)."""
+    import torch
+    import torchvision
+    from torchvision import transforms
 
-        def accuracy() -> float:
-            test_set = torchvision.datasets.FashionMNIST(str(tmp), train=False, download=True,
-                                                         transform=transforms.ToTensor())
-            model.eval()
-            hits = 0
-            with torch.no_grad():
-                for x, y in torch.utils.data.DataLoader(test_set, batch_size=1000):
-                    hits += (model(x).argmax(1) == y).sum().item()
-            return hits / len(test_set)
-    else:
-        ds = data.load(tmp / "datasets" / "fashion-mnist")
-        tl.make_deterministic(recipe.seed)
-        n = min(recipe.limit or len(ds.train_images), len(ds.train_images))
-        trainer = tl.Trainer(recipe, data.to_float(ds.train_images[:n]), ds.train_labels[:n])
-        log = _quiet_log("torch", recipe)
-        epochs = _Epochs(n)
+    from train import torch_lenet as tl
 
-        def one_epoch() -> None:
-            trainer.epoch(log)
+    torch.manual_seed(recipe.seed)
+    train_set = torchvision.datasets.FashionMNIST(str(tmp), train=True, download=True,
+                                                  transform=transforms.ToTensor())
+    if recipe.limit:
+        train_set = torch.utils.data.Subset(train_set, range(recipe.limit))
+    loader = torch.utils.data.DataLoader(train_set, batch_size=recipe.batch_size,
+                                         shuffle=True)
+    model = tl.LeNet5()
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.learning_rate)
+    criterion = torch.nn.CrossEntropyLoss()
 
-        def accuracy() -> float:
-            probs = tl.predict(trainer.model, data.to_float(ds.test_images))
-            return float(np.mean(probs.argmax(1) == ds.test_labels))
+    def one_epoch() -> None:
+        model.train()
+        # Per-step loss and accuracy bookkeeping, as fit and the toolkit both keep.
+        running_loss, correct = 0.0, 0
+        for x, y in loader:
+            optimizer.zero_grad()
+            logits = model(x)
+            loss = criterion(logits, y)
+            loss.backward()
+            optimizer.step()
+            running_loss += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
 
-    _say(ready=True, threads=torch.get_num_threads())
+    def accuracy() -> float:
+        test_set = torchvision.datasets.FashionMNIST(str(tmp), train=False, download=True,
+                                                     transform=transforms.ToTensor())
+        model.eval()
+        hits = 0
+        with torch.no_grad():
+            for x, y in torch.utils.data.DataLoader(test_set, batch_size=1000):
+                hits += (model(x).argmax(1) == y).sum().item()
+        return hits / len(test_set)
+
+    return _Epochs(len(train_set)), one_epoch, accuracy
+
+
+def _torch_toolkit_case(recipe: Recipe, tmp: Path) -> _Case:
+    """The toolkit's PyTorch trainer (train.torch_lenet): (epochs, one_epoch, accuracy)."""
+    import numpy as np
+
+    from train import torch_lenet as tl
+
+    ds = data.load(tmp / "datasets" / "fashion-mnist")
+    tl.make_deterministic(recipe.seed)
+    n = min(recipe.limit or len(ds.train_images), len(ds.train_images))
+    trainer = tl.Trainer(recipe, data.to_float(ds.train_images[:n]), ds.train_labels[:n])
+    log = _quiet_log("torch", recipe)
+
+    def one_epoch() -> None:
+        trainer.epoch(log)
+
+    def accuracy() -> float:
+        probs = tl.predict(trainer.model, data.to_float(ds.test_images))
+        return float(np.mean(probs.argmax(1) == ds.test_labels))
+
+    return _Epochs(n), one_epoch, accuracy
+
+
+def _serve_epochs(recipe: Recipe, threads: int, epochs: _Epochs, one_epoch: Callable[[], None],
+                  accuracy: Callable[[], float] | None) -> None:
+    """Say ready, run each epoch when the parent asks for it, then the test accuracy (None:
+    not asked for)."""
+    _say(ready=True, threads=threads)
     for _ in range(recipe.epochs):
         epochs.begin()
         one_epoch()
         epochs.end()
-    if evaluate:
+    if accuracy is not None:
         _say(test_accuracy=accuracy())
 
 
@@ -222,15 +251,13 @@ def _tf_worker(mode: str, recipe: Recipe, threads: int | None, tmp: Path,
     trainer = kl.Trainer(recipe, kl.nhwc(data.to_float(ds.train_images[:n])), ds.train_labels[:n],
                          shards=used)
     log = _quiet_log("tf", recipe)
-    epochs = _Epochs(n)
-    _say(ready=True, threads=used)
-    for _ in range(recipe.epochs):
-        epochs.begin()
-        trainer.epoch(log)
-        epochs.end()
-    if evaluate:
+
+    def accuracy() -> float:
         probs = kl.predict(trainer.model, data.to_float(ds.test_images))
-        _say(test_accuracy=float(np.mean(probs.argmax(1) == ds.test_labels)))
+        return float(np.mean(probs.argmax(1) == ds.test_labels))
+
+    _serve_epochs(recipe, used, _Epochs(n), lambda: trainer.epoch(log),
+                  accuracy if evaluate else None)
 
 
 def _quiet_log(framework: str, recipe: Recipe) -> EpochLog:

@@ -42,7 +42,8 @@ from train.core.errors import ArtifactError  # noqa: E402
 from train.core.fileio import atomic_path  # noqa: E402
 from train import data  # noqa: E402
 from train.core.threads import default_threads  # noqa: E402
-from train.recipe import EpochLog, Recipe, write_history  # noqa: E402
+from train.recipe import (EpochLog, Recipe, run_epochs, top1_accuracy,  # noqa: E402
+                          write_history)
 
 # Optimizer steps per call into the compiled loop: enough that the Python call costs nothing,
 # few enough that a terminal's progress line moves.
@@ -238,21 +239,14 @@ def train(recipe: Recipe, data_dir: str | None, artifacts: Path,
     trainer = Trainer(recipe, nhwc(data.to_float(ds.train_images[:n])), ds.train_labels[:n],
                       shards=threads)
     model = trainer.model
-    log = EpochLog("tf", recipe, (n + recipe.batch_size - 1) // recipe.batch_size)
-    print(f"[tf] training LeNet-5 ({model.count_params():,} parameters) on {n:,} images, "
-          f"{recipe.epochs} epochs, batch {recipe.batch_size}, {threads} threads", flush=True)
-    for _ in range(recipe.epochs):
-        log.begin()
-        loss, accuracy = trainer.epoch(log)
-        log.end(loss, accuracy, n)
-    probs = predict(model, data.to_float(ds.test_images))
-    test_accuracy = float((probs.argmax(1) == ds.test_labels).mean())
+    log = run_epochs("tf", recipe, trainer, n, model.count_params(), threads)
+    accuracy = top1_accuracy(predict(model, data.to_float(ds.test_images)), ds.test_labels)
     folder = artifacts / "tf"
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "model.keras") as tmp:
         model.save(tmp)
     return write_history(folder, "tf", recipe, log, versions(), ARCHITECTURE,
-                         model.count_params(), n, test_accuracy, model.get_weights(),
+                         model.count_params(), n, accuracy, model.get_weights(),
                          folder / "model.keras", threads)
 
 

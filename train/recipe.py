@@ -8,6 +8,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -84,6 +85,32 @@ def weights_digest(weights: list[np.ndarray]) -> str:
         digest.update(f"{w.dtype}{w.shape}".encode())
         digest.update(w.tobytes())
     return digest.hexdigest()
+
+
+class EpochTrainer(Protocol):
+    """A framework's trainer: one reshuffled epoch per call."""
+
+    def epoch(self, log: EpochLog) -> tuple[float, float]:
+        """Train one epoch; return its mean loss and accuracy."""
+
+
+def run_epochs(framework: str, recipe: Recipe, trainer: EpochTrainer, images: int,
+               parameters: int, threads: int) -> EpochLog:
+    """Every epoch of RECIPE on TRAINER, with the run's opening line and a line per epoch;
+    returns the epoch log."""
+    log = EpochLog(framework, recipe, (images + recipe.batch_size - 1) // recipe.batch_size)
+    print(f"[{framework}] training LeNet-5 ({parameters:,} parameters) on {images:,} images, "
+          f"{recipe.epochs} epochs, batch {recipe.batch_size}, {threads} threads", flush=True)
+    for _ in range(recipe.epochs):
+        log.begin()
+        loss, accuracy = trainer.epoch(log)
+        log.end(loss, accuracy, images)
+    return log
+
+
+def top1_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The share of LABELS that PROBABILITIES rank first."""
+    return float((probabilities.argmax(1) == labels).mean())
 
 
 def write_history(folder: Path, framework: str, recipe: Recipe, log: EpochLog,

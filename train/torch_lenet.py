@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from train.core.errors import ArtifactError
 from train.core.fileio import write_bytes
 from train import data
-from train.recipe import EpochLog, Recipe, write_history
+from train.recipe import EpochLog, Recipe, run_epochs, top1_accuracy, write_history
 
 ARCHITECTURE = ("Conv(1->6, k5, pad 2) ReLU AvgPool2, Conv(6->16, k5) ReLU AvgPool2, "
                 "Linear 400->120 ReLU, 120->84 ReLU, 84->10 (logits)")
@@ -174,15 +174,8 @@ def train(recipe: Recipe, data_dir: str | None, artifacts: Path,
     n = min(recipe.limit or len(ds.train_images), len(ds.train_images))
     trainer = Trainer(recipe, data.to_float(ds.train_images[:n]), ds.train_labels[:n])
     model = trainer.model
-    log = EpochLog("torch", recipe, (n + recipe.batch_size - 1) // recipe.batch_size)
-    print(f"[torch] training LeNet-5 ({parameter_count(model):,} parameters) on {n:,} images, "
-          f"{recipe.epochs} epochs, batch {recipe.batch_size}, {threads} threads", flush=True)
-    for _ in range(recipe.epochs):
-        log.begin()
-        loss, acc = trainer.epoch(log)
-        log.end(loss, acc, n)
-    probs = predict(model, data.to_float(ds.test_images))
-    test_accuracy = float((probs.argmax(1) == ds.test_labels).mean())
+    log = run_epochs("torch", recipe, trainer, n, parameter_count(model), threads)
+    accuracy = top1_accuracy(predict(model, data.to_float(ds.test_images)), ds.test_labels)
     folder = artifacts / "torch"
     # Serialised in memory first: torch.save reports a full disk as a RuntimeError of its
     # own, write_bytes as the one-line error it is.
@@ -190,7 +183,7 @@ def train(recipe: Recipe, data_dir: str | None, artifacts: Path,
     torch.save(model.state_dict(), buffer)
     write_bytes(folder / "model.pt", buffer.getvalue())
     return write_history(folder, "torch", recipe, log, versions(), ARCHITECTURE,
-                         parameter_count(model), n, test_accuracy,
+                         parameter_count(model), n, accuracy,
                          [t.numpy() for t in model.state_dict().values()], folder / "model.pt",
                          threads)
 

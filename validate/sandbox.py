@@ -207,58 +207,70 @@ def run_contained(fn: Callable, args: tuple, limits: Limits, label: str) -> Any:
                         name=f"validate {label}")
     child.start()
     sender.close()
-    start = time.monotonic()
-    baseline: int | None = None
     message = None
     try:
-        while True:
-            if receiver.poll(0.05):
-                try:
-                    message = receiver.recv()
-                except EOFError:
-                    message = None
-                break
-            if not child.is_alive():
-                break
-            procs = _tree(child.pid)
-            own, natives = _split(procs)
-            for p in natives:
-                if _rss([p]) > limits.memory_mb * MiB:
-                    _kill([p])  # the worker reports the native latency as not measured
-            rss = _rss(own)
-            baseline = rss if baseline is None else min(baseline, rss)
-            if rss - baseline > limits.memory_mb * MiB:
-                _kill(procs)
-                raise LimitExceeded(f"{label}: stopped: it needed more than the memory limit "
-                                    f"of {limits.memory_mb} MiB (--max-memory)")
-            if time.monotonic() - start > limits.timeout_s:
-                _kill(procs)
-                raise LimitExceeded(f"{label}: stopped: it ran longer than the time limit of "
-                                    f"{limits.timeout_s:g} s (--timeout)")
+        message = _watch(child, receiver, limits, label)
     finally:
         if child.is_alive() and message is None:
             _kill(_tree(child.pid))
         child.join(10)
         receiver.close()
     if message is None:
-        code = child.exitcode
-        if code is not None and code < 0:
-            name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else -code
-            if -code == signal.SIGKILL:  # the kernel's OOM killer, most likely
-                raise LimitExceeded(f"{label}: killed ({name}) while running it; it probably "
-                                    "ran out of memory")
-            raise ChildCrashed(f"{label}: the runtime crashed on it ({name})")
-        raise ChildCrashed(f"{label}: the process validating it exited ({code}) without a "
-                           "result")
+        raise _no_result(child.exitcode, label)
     kind, value = message
     if kind == "ok":
         return value
     if kind == "memory":
-        raise LimitExceeded(f"{label}: stopped: it needed more than the memory limit of "
-                            f"{limits.memory_mb} MiB (--max-memory)")
+        raise _over_memory(limits, label)
     if kind == "user":
         raise ToolkitError(value)
     raise RuntimeError(f"validating {label} crashed in its child process:\n{value}")
+
+
+def _watch(child, receiver, limits: Limits, label: str) -> Any:
+    """The child's message, or None when it ended without one; meanwhile its process tree is
+    held to the limits (LimitExceeded once it passes one; the caller stops the tree)."""
+    start = time.monotonic()
+    baseline: int | None = None
+    while True:
+        if receiver.poll(0.05):
+            try:
+                return receiver.recv()
+            except EOFError:
+                return None
+        if not child.is_alive():
+            return None
+        procs = _tree(child.pid)
+        own, natives = _split(procs)
+        for p in natives:
+            if _rss([p]) > limits.memory_mb * MiB:
+                _kill([p])  # the worker reports the native latency as not measured
+        rss = _rss(own)
+        baseline = rss if baseline is None else min(baseline, rss)
+        if rss - baseline > limits.memory_mb * MiB:
+            _kill(procs)
+            raise _over_memory(limits, label)
+        if time.monotonic() - start > limits.timeout_s:
+            _kill(procs)
+            raise LimitExceeded(f"{label}: stopped: it ran longer than the time limit of "
+                                f"{limits.timeout_s:g} s (--timeout)")
+
+
+def _over_memory(limits: Limits, label: str) -> LimitExceeded:
+    return LimitExceeded(f"{label}: stopped: it needed more than the memory limit of "
+                         f"{limits.memory_mb} MiB (--max-memory)")
+
+
+def _no_result(code: int | None, label: str) -> ToolkitError:
+    """Why a child that exited with status CODE sent no result."""
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else -code
+        if -code == signal.SIGKILL:  # the kernel's OOM killer, most likely
+            return LimitExceeded(f"{label}: killed ({name}) while running it; it probably "
+                                 "ran out of memory")
+        return ChildCrashed(f"{label}: the runtime crashed on it ({name})")
+    return ChildCrashed(f"{label}: the process validating it exited ({code}) without a "
+                        "result")
 
 
 # -- phase 1: run -----------------------------------------------------------------------------

@@ -81,11 +81,7 @@ def validate_lenet(path: Path, opts: Options, reference_required: bool,
     sets = art.test_data_sets(path, model)
     result: dict = {"kind": "lenet5", "facts": facts}
     if (path.parent / "history.json").is_file():  # optional: a deployer may hold only the ONNX
-        h = read_history(path.parent)
-        result["training"] = {k: h.get(k) for k in (
-            "architecture", "parameters", "recipe", "seconds", "images_per_second",
-            "test_accuracy", "versions", "threads")} | {
-            "epochs": len(h.get("epochs", [])), "history": h.get("epochs", [])}
+        result["training"] = _training(read_history(path.parent))
     images, labels = data.load_test(opts.data_dir)
     images = data.to_float(images)
     if ref is None:
@@ -94,7 +90,46 @@ def validate_lenet(path: Path, opts: Options, reference_required: bool,
         checked = validate_with_test_sets(path, model, sets, opts, contract=True, images=images,
                                           labels=labels)
         return result | checked
+    outputs, latency_rows, conditions, native_reason = _run_runners(path, ref, images, sets,
+                                                                    opts)
+    runtimes = _judge_against_reference(result, outputs, ref, labels, opts)
+    result["latency"] = latency_rows
+    if opts.latency:
+        result["speedups"] = lat.speedups(latency_rows)
+        result["latency_conditions"] = conditions | {
+            "native": _native_status(latency_rows, conditions, native_reason, ref)}
+    result["labels_sha256"] = str(ref.get("test_labels_sha256", ""))
+    failed = [name for name, r in runtimes.items() if not r["passed"]]
+    result["failed_runtimes"] = failed
+    passed = not failed and not facts["missing_metadata"]
+    cpu_out = next((o for o in outputs if o.key == "cpu" and o.status == "ran"), None)
+    if cpu_out is not None and precision.has_variants(path.parent):
+        result["precision"] = _precision(path.parent, images, labels, cpu_out, opts)
+        passed = passed and result["precision"]["passed"]
+    if reference_required and (path.parent / conversion.CONVERSION).is_dir():
+        result["conversion"] = _conversion(path, ref, images, labels)
+        passed = passed and result["conversion"]["passed"]
+    # Layer by layer: on demand, and whenever a runtime that can show its tensors failed.
+    diagnosable = [o.key for o in outputs if runner_class(o.key).intermediates
+                   and o.status == "ran" and not runtimes[o.name]["passed"]]
+    if opts.layers or diagnosable:
+        result["layers"] = _diagnose(path, ref, diagnosable[0] if diagnosable else "cpu")
+    result["passed"] = bool(passed)
+    return result
 
+
+def _training(h: dict) -> dict:
+    """The report's summary of a model's history.json."""
+    return {k: h.get(k) for k in (
+        "architecture", "parameters", "recipe", "seconds", "images_per_second",
+        "test_accuracy", "versions", "threads")} | {
+        "epochs": len(h.get("epochs", [])), "history": h.get("epochs", [])}
+
+
+def _run_runners(path: Path, ref: dict, images: np.ndarray, sets: list[art.TestDataSet],
+                 opts: Options) -> tuple[list[RunnerOutput], list[dict], dict, str | None]:
+    """Phase 1: every runner's outputs (each with its latency rows), and the latency rows,
+    conditions and why the native model could not be timed, if it could not."""
     natives, native_reason = (start_natives(path.parent, str(ref.get("framework", "")), opts)
                               if opts.latency else ({}, None))
     try:
@@ -107,30 +142,20 @@ def validate_lenet(path: Path, opts: Options, reference_required: bool,
             proc.close()
     for out in outputs:
         out.latency = [r for r in latency_rows if r.get("runner") == out.name]
+    return outputs, latency_rows, conditions, native_reason
+
+
+def _judge_against_reference(result: dict, outputs: list[RunnerOutput], ref: dict,
+                             labels: np.ndarray, opts: Options) -> dict:
+    """Phase 2: each runner against the native probabilities and the float64 one; adds the
+    parity, accuracy, runtimes and noise floor to RESULT and returns the runtimes."""
     reference = ref["probabilities"]
     exact_out = next((o for o in outputs if o.exact and o.status == "ran"), None)
     exact = exact_out.probabilities if exact_out else None
     native_floor = (float(np.abs(reference.astype(np.float64) - exact).max())
                     if exact is not None else None)
     runtimes = {o.name: judge(o, reference, labels, exact, native_floor, opts) for o in outputs}
-
-    cpu = runtimes.get("onnxruntime-cpu")
-    if cpu is not None and "parity" in cpu:
-        result["parity"] = cpu["parity"]
-        probs = next(o.probabilities for o in outputs if o.key == "cpu")
-        result["accuracy"] = {
-            "native": cpu["parity"]["accuracy_native"],
-            "onnxruntime": cpu["parity"]["accuracy_onnxruntime"],
-            "per_class": {"native": par.per_class_accuracy(reference, labels),
-                          "onnxruntime": par.per_class_accuracy(probs, labels)},
-            "confusion": {"native": confusion(reference, labels),
-                          "onnxruntime": confusion(probs, labels)},
-        }
-        result["predictions"] = probs.argmax(1)  # cross-framework section; not serialised
-    else:
-        result["accuracy"] = {"native": par.accuracy(reference, labels),
-                              "per_class": {"native": par.per_class_accuracy(reference, labels)},
-                              "confusion": {"native": confusion(reference, labels)}}
+    result.update(_accuracy(runtimes.get("onnxruntime-cpu"), outputs, reference, labels))
     cuda = runtimes.get("onnxruntime-cuda")
     if cuda is not None:
         result["parity_cuda"] = (cuda["parity"] if "parity" in cuda else
@@ -141,51 +166,68 @@ def validate_lenet(path: Path, opts: Options, reference_required: bool,
         "native_vs_exact": native_floor,
         "runtimes": {name: r.get("vs_exact_max_abs_diff") for name, r in runtimes.items()
                      if r["status"] != "unavailable"}}
-    result["latency"] = latency_rows
-    if opts.latency:
-        result["speedups"] = lat.speedups(latency_rows)
-        if any("runner" not in r for r in latency_rows):
-            native_status = "measured side by side, in a process of its own"
-        else:  # the reason it could not start, or why each of its processes stopped
-            native_status = "not measured: " + (native_reason or "; ".join(
-                e["error"] for e in conditions.get("errors", [])
-                if e["runtime"] == native.RUNTIMES.get(str(ref.get("framework", ""))))
-                or "no native row")
-        result["latency_conditions"] = conditions | {"native": native_status}
-    result["labels_sha256"] = str(ref.get("test_labels_sha256", ""))
-    failed = [name for name, r in runtimes.items() if not r["passed"]]
-    result["failed_runtimes"] = failed
-    passed = not failed and not facts["missing_metadata"]
-    cpu_out = next((o for o in outputs if o.key == "cpu" and o.status == "ran"), None)
-    if cpu_out is not None and precision.has_variants(path.parent):
-        try:
-            result["precision"] = precision.evaluate(path.parent, images, labels,
-                                                     cpu_out.probabilities, opts.quick,
-                                                     opts.latency, opts.latency_rounds)
-        except ArtifactError as exc:  # stale or damaged variants: a failure, not the model's end
-            result["precision"] = {"passed": False, "error": str(exc)}
-        except RunnerFailed as exc:  # onnxruntime rejected a variant, or ran out of memory
-            sandbox.memory_check(exc)
-            result["precision"] = {"passed": False, "error": f"onnxruntime: {exc}"}
-        passed = passed and result["precision"]["passed"]
-    if reference_required and (path.parent / conversion.CONVERSION).is_dir():
-        result["conversion"] = conversion.evaluate(path.parent.parent, path.parent.name,
-                                                   images, labels)
-        passed = passed and result["conversion"]["passed"]
-        twin = path.parent / conversion.CONVERSION / conversion.TWIN_ONNX
-        # Only a twin that ran and disagrees: a stale, missing or foreign file has its reason.
-        twin_failed = any(r["passed"] is False and r["status"] == "ok"
-                          and (r["key"] == "twin"
-                               or str(r.get("file", "")).endswith(conversion.TWIN_ONNX))
-                          for r in result["conversion"]["rows"])
-        if twin_failed and twin.is_file():  # where the twin's function leaves the model's
-            result["conversion"]["layers"] = _diagnose(twin, ref, "cpu")
-    # Layer by layer: on demand, and whenever a runtime that can show its tensors failed.
-    diagnosable = [o.key for o in outputs if runner_class(o.key).intermediates
-                   and o.status == "ran" and not runtimes[o.name]["passed"]]
-    if opts.layers or diagnosable:
-        result["layers"] = _diagnose(path, ref, diagnosable[0] if diagnosable else "cpu")
-    result["passed"] = bool(passed)
+    return runtimes
+
+
+def _accuracy(cpu: dict | None, outputs: list[RunnerOutput], reference: np.ndarray,
+              labels: np.ndarray) -> dict:
+    """parity, accuracy and predictions from onnxruntime on CPU, or the native accuracy alone
+    when it has no parity."""
+    if cpu is None or "parity" not in cpu:
+        return {"accuracy": {"native": par.accuracy(reference, labels),
+                             "per_class": {"native": par.per_class_accuracy(reference, labels)},
+                             "confusion": {"native": confusion(reference, labels)}}}
+    probs = next(o.probabilities for o in outputs if o.key == "cpu")
+    return {
+        "parity": cpu["parity"],
+        "accuracy": {
+            "native": cpu["parity"]["accuracy_native"],
+            "onnxruntime": cpu["parity"]["accuracy_onnxruntime"],
+            "per_class": {"native": par.per_class_accuracy(reference, labels),
+                          "onnxruntime": par.per_class_accuracy(probs, labels)},
+            "confusion": {"native": confusion(reference, labels),
+                          "onnxruntime": confusion(probs, labels)},
+        },
+        "predictions": probs.argmax(1),  # cross-framework section; not serialised
+    }
+
+
+def _native_status(latency_rows: list[dict], conditions: dict, native_reason: str | None,
+                   ref: dict) -> str:
+    """Whether the native model was timed, or why not."""
+    if any("runner" not in r for r in latency_rows):
+        return "measured side by side, in a process of its own"
+    # The reason it could not start, or why each of its processes stopped.
+    return "not measured: " + (native_reason or "; ".join(
+        e["error"] for e in conditions.get("errors", [])
+        if e["runtime"] == native.RUNTIMES.get(str(ref.get("framework", ""))))
+        or "no native row")
+
+
+def _precision(folder: Path, images: np.ndarray, labels: np.ndarray, cpu_out: RunnerOutput,
+               opts: Options) -> dict:
+    """The quantized variants' evaluation; a failure of theirs is recorded, not raised."""
+    try:
+        return precision.evaluate(folder, images, labels, cpu_out.probabilities, opts.quick,
+                                  opts.latency, opts.latency_rounds)
+    except ArtifactError as exc:  # stale or damaged variants: a failure, not the model's end
+        return {"passed": False, "error": str(exc)}
+    except RunnerFailed as exc:  # onnxruntime rejected a variant, or ran out of memory
+        sandbox.memory_check(exc)
+        return {"passed": False, "error": f"onnxruntime: {exc}"}
+
+
+def _conversion(path: Path, ref: dict, images: np.ndarray, labels: np.ndarray) -> dict:
+    """The conversion matrix, with the twin diagnosed layer by layer when it disagrees."""
+    result = conversion.evaluate(path.parent.parent, path.parent.name, images, labels)
+    twin = path.parent / conversion.CONVERSION / conversion.TWIN_ONNX
+    # Only a twin that ran and disagrees: a stale, missing or foreign file has its reason.
+    twin_failed = any(r["passed"] is False and r["status"] == "ok"
+                      and (r["key"] == "twin"
+                           or str(r.get("file", "")).endswith(conversion.TWIN_ONNX))
+                      for r in result["rows"])
+    if twin_failed and twin.is_file():  # where the twin's function leaves the model's
+        result["layers"] = _diagnose(twin, ref, "cpu")
     return result
 
 
@@ -218,62 +260,71 @@ def validate_with_test_sets(path: Path, model, sets: list[art.TestDataSet], opts
     runtimes = {}
     outputs = []
     for key in opts.runtimes:
-        cls = runner_class(key)
-        tol = opts.tolerances.for_runner(key, cls.tolerance)
-        rtol = 0.0 if contract else opts.tolerances.rtol
-        rec: dict = {"runner": cls.name, "key": key, "description": cls.description,
-                     "tolerance": tol, "rtol": rtol}
-        reason = cls.availability()
-        if reason:
-            runtimes[cls.name] = rec | {"status": "unavailable", "reason": reason,
-                                        "passed": True}
-            outputs.append(RunnerOutput(key, cls.name, tol, cls.description, cls.exact,
-                                        "unavailable", reason))
-            continue
-        try:
-            with sandbox.memory_guard(cls), cls(path, threads=1) as runner:
-                got = [runner.run(s.inputs, outputs=list(s.outputs)) for s in sets]
-                again = (runner.run(sets[0].inputs, outputs=list(sets[0].outputs)) if sets
-                         else None)
-                probs = first = rerun = None
-                if recorded is not None:
-                    probs = runner.probabilities(images)
-                    first = runner.probabilities(images[:INVARIANCE_IMAGES])
-                    rerun = runner.probabilities(images[:INVARIANCE_IMAGES])
-        except RunnerUnavailable as exc:
-            runtimes[cls.name] = rec | {"status": "unavailable", "reason": str(exc),
-                                        "passed": True}
-            outputs.append(RunnerOutput(key, cls.name, tol, cls.description, cls.exact,
-                                        "unavailable", str(exc)))
-            continue
-        except RunnerFailed as exc:
-            sandbox.memory_check(exc)
-            runtimes[cls.name] = rec | {"status": "failed", "reason": str(exc), "passed": False}
-            continue
-        rec["test_data_sets"] = [
-            {"folder": str(s.folder),
-             "outputs": {n: par.outputs_close(g[n], w, tol, rtol) for n, w in s.outputs.items()}}
-            for s, g in zip(sets, got)]
-        for s in rec["test_data_sets"]:
-            s["passed"] = all(o["passed"] for o in s["outputs"].values())
-        rerun_same = (all(np.array_equal(got[0][n], again[n]) for n in again) if sets else
-                      bool(np.array_equal(first, rerun)))
-        rec["invariance"] = {"rerun_identical": rerun_same, "passed": rerun_same,
-                             "batch_passed": True, "batch_max_abs_diff": None, "images": 0}
-        accuracy_ok = True
-        if recorded is not None:
-            acc = par.accuracy(probs, labels)
-            accuracy_ok = round(acc, 6) == round(recorded, 6)
-            rec["metadata_accuracy"] = {"recorded": recorded, "measured": acc,
-                                        "passed": accuracy_ok}
-        rec["passed"] = bool(rerun_same and accuracy_ok
-                             and all(s["passed"] for s in rec["test_data_sets"]))
-        rec["status"] = "passed" if rec["passed"] else "failed"
-        runtimes[cls.name] = rec
+        rec, unavailable = _judge_by_test_sets(key, path, sets, opts, contract, recorded, images,
+                                               labels)
+        runtimes[rec["runner"]] = rec
+        if unavailable is not None:
+            outputs.append(unavailable)
     _check_required(outputs, opts)
     failed = [name for name, r in runtimes.items() if not r["passed"]]
     return {"runtimes": runtimes, "failed_runtimes": failed, "passed": not failed,
             "latency": [], "test_data_sets": [str(s.folder) for s in sets]}
+
+
+def _judge_by_test_sets(key: str, path: Path, sets: list[art.TestDataSet], opts: Options,
+                        contract: bool, recorded: float | None, images: np.ndarray | None,
+                        labels: np.ndarray | None) -> tuple[dict, RunnerOutput | None]:
+    """One runner's record against the test sets (and the recorded accuracy), and, when the
+    runner is unavailable, its output for the required-runtimes check."""
+    cls = runner_class(key)
+    tol = opts.tolerances.for_runner(key, cls.tolerance)
+    rtol = 0.0 if contract else opts.tolerances.rtol
+    rec: dict = {"runner": cls.name, "key": key, "description": cls.description,
+                 "tolerance": tol, "rtol": rtol}
+
+    def unavailable(reason: str) -> tuple[dict, RunnerOutput]:
+        return (rec | {"status": "unavailable", "reason": reason, "passed": True},
+                RunnerOutput(key, cls.name, tol, cls.description, cls.exact, "unavailable",
+                             reason))
+
+    reason = cls.availability()
+    if reason:
+        return unavailable(reason)
+    try:
+        with sandbox.memory_guard(cls), cls(path, threads=1) as runner:
+            got = [runner.run(s.inputs, outputs=list(s.outputs)) for s in sets]
+            again = (runner.run(sets[0].inputs, outputs=list(sets[0].outputs)) if sets
+                     else None)
+            probs = first = rerun = None
+            if recorded is not None:
+                probs = runner.probabilities(images)
+                first = runner.probabilities(images[:INVARIANCE_IMAGES])
+                rerun = runner.probabilities(images[:INVARIANCE_IMAGES])
+    except RunnerUnavailable as exc:
+        return unavailable(str(exc))
+    except RunnerFailed as exc:
+        sandbox.memory_check(exc)
+        return rec | {"status": "failed", "reason": str(exc), "passed": False}, None
+    rec["test_data_sets"] = [
+        {"folder": str(s.folder),
+         "outputs": {n: par.outputs_close(g[n], w, tol, rtol) for n, w in s.outputs.items()}}
+        for s, g in zip(sets, got)]
+    for s in rec["test_data_sets"]:
+        s["passed"] = all(o["passed"] for o in s["outputs"].values())
+    rerun_same = (all(np.array_equal(got[0][n], again[n]) for n in again) if sets else
+                  bool(np.array_equal(first, rerun)))
+    rec["invariance"] = {"rerun_identical": rerun_same, "passed": rerun_same,
+                         "batch_passed": True, "batch_max_abs_diff": None, "images": 0}
+    accuracy_ok = True
+    if recorded is not None:
+        acc = par.accuracy(probs, labels)
+        accuracy_ok = round(acc, 6) == round(recorded, 6)
+        rec["metadata_accuracy"] = {"recorded": recorded, "measured": acc,
+                                    "passed": accuracy_ok}
+    rec["passed"] = bool(rerun_same and accuracy_ok
+                         and all(s["passed"] for s in rec["test_data_sets"]))
+    rec["status"] = "passed" if rec["passed"] else "failed"
+    return rec, None
 
 
 def validate_foreign(path: Path, opts: Options, model: onnx.ModelProto | None = None) -> dict:

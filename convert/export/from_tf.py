@@ -18,7 +18,6 @@ import tf2onnx  # noqa: E402
 from convert.export import reference  # noqa: E402
 from train.core import contract as onnx_utils
 from train.core import weights as cw
-from train.core.history import read_history
 from train.keras_lenet import load_model, nhwc, predict  # noqa: E402
 from convert.export.layermap import attach_layer_map  # noqa: E402
 
@@ -125,18 +124,9 @@ def canonical_weights(model) -> cw.Weights:
                                               output="probabilities" if softmax else "logits"))
 
 
-def write_weights(model, folder: Path) -> Path:
-    """Write FOLDER/weights.npz for the other framework's twin builder."""
-    path = folder / cw.FILE
-    cw.save(path, canonical_weights(model))
-    return path
-
-
 def export(artifacts: Path, data_dir: str | None = None) -> Path:
     """Write lenet5.onnx, reference.npz and test_data_set_0/ under ARTIFACTS/tf."""
-    folder = artifacts / "tf"
-    model = load_model(folder / "model.keras")
-    write_weights(model, folder)
-    onnx_model = to_onnx(model, read_history(folder))
-    return reference.write_export(artifacts, "tf", onnx_model, lambda x: predict(model, x),
-                                  data_dir, lambda x: layer_outputs(model, x))
+    return reference.export_checkpoint(artifacts, "tf", "model.keras", data_dir,
+                                       load_model=load_model, canonical_weights=canonical_weights,
+                                       to_onnx=to_onnx, predict=predict,
+                                       layer_outputs=layer_outputs)

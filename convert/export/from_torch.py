@@ -15,7 +15,6 @@ from torch import nn
 from convert.export import reference
 from train.core import contract as onnx_utils
 from train.core import weights as cw
-from train.core.history import read_history
 from train.torch_lenet import load_model, predict
 from convert.export.layermap import attach_layer_map
 
@@ -118,18 +117,9 @@ def canonical_weights(model: nn.Module) -> cw.Weights:
                                               conv_padding=pads, output="logits"))
 
 
-def write_weights(model: nn.Module, folder: Path) -> Path:
-    """Write FOLDER/weights.npz for the other framework's twin builder."""
-    path = folder / cw.FILE
-    cw.save(path, canonical_weights(model))
-    return path
-
-
 def export(artifacts: Path, data_dir: str | None = None) -> Path:
     """Write lenet5.onnx, reference.npz and test_data_set_0/ under ARTIFACTS/torch."""
-    folder = artifacts / "torch"
-    model = load_model(folder / "model.pt")
-    write_weights(model, folder)
-    onnx_model = to_onnx(model, read_history(folder))
-    return reference.write_export(artifacts, "torch", onnx_model, lambda x: predict(model, x),
-                                  data_dir, lambda x: layer_outputs(model, x))
+    return reference.export_checkpoint(artifacts, "torch", "model.pt", data_dir,
+                                       load_model=load_model, canonical_weights=canonical_weights,
+                                       to_onnx=to_onnx, predict=predict,
+                                       layer_outputs=layer_outputs)

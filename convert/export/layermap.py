@@ -67,6 +67,23 @@ def _flatten_order(graph: onnx.GraphProto, flat: str, pool: str, pool_layout: st
     return layout[1:]
 
 
+class _Graph:
+    """What the layer map walk reads of a graph: its weight shapes and who reads each tensor."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph
+        self.weights = {t.name: tuple(t.dims) for t in graph.initializer}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+
+    def only(self, tensor: str, ops: tuple[str, ...]) -> onnx.NodeProto | None:
+        """The single node reading `tensor`, if it is one of `ops`."""
+        users = self.consumers.get(tensor, [])
+        return users[0] if len(users) == 1 and users[0].op_type in ops else None
+
+
 def find_layers(model: onnx.ModelProto, native_layout: str) -> list[dict]:
     """The layer map of an exported LeNet-5: one entry per layer, in graph order.
 
@@ -77,54 +94,65 @@ def find_layers(model: onnx.ModelProto, native_layout: str) -> list[dict]:
     graph output is the probabilities. `native_layout` is the framework's own layout of its
     conv activations (NCHW for PyTorch, NHWC for Keras).
     """
-    graph = model.graph
-    weights = {t.name: tuple(t.dims) for t in graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-
-    def only(tensor: str, ops: tuple[str, ...]) -> onnx.NodeProto | None:
-        users = consumers.get(tensor, [])
-        return users[0] if len(users) == 1 and users[0].op_type in ops else None
-
+    g = _Graph(model.graph)
     shapes = _shapes(model)
-    convs = [n for n in graph.node if n.op_type == "Conv"]
-    dense = [n for n in graph.node if n.op_type == "Gemm"
-             or (n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in weights)]
+    convs = [n for n in g.graph.node if n.op_type == "Conv"]
+    dense = [n for n in g.graph.node if n.op_type == "Gemm"
+             or (n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in g.weights)]
     if not convs or not dense:
         raise LayerMapError(f"expected Conv and Gemm/MatMul layers, found {len(convs)} Conv "
                             f"and {len(dense)} dense nodes")
+    layers = _conv_layers(g, convs, shapes, native_layout)
+    pool = layers[-1]
+    layers.append({"layer": "flatten", "tensor": dense[0].input[0], "layout": "flat",
+                   "native_layout": "flat", "native_order": ORDER[native_layout],
+                   "order": _flatten_order(g.graph, dense[0].input[0], pool["tensor"],
+                                           pool["layout"])})
+    layers += _dense_layers(g, dense)
+    logits = layers[-1]["tensor"]
+    softmax = g.only(logits, ("Softmax",))
+    if softmax is None or softmax.output[0] != OUTPUT_NAME:
+        raise LayerMapError(f"the logits {logits} do not feed the Softmax that gives "
+                            f"{OUTPUT_NAME!r}")
+    layers.append({"layer": "probabilities", "tensor": OUTPUT_NAME, "layout": "flat",
+                   "native_layout": "flat"})
+    return layers
+
+
+def _conv_layers(g: _Graph, convs: list[onnx.NodeProto], shapes: dict[str, list[int | None]],
+                 native_layout: str) -> list[dict]:
+    """conv<i> (the Relu's output) and pool<i> for each Conv, with their ONNX layouts."""
     layers = []
     for i, conv in enumerate(convs, 1):
-        channels = weights.get(conv.input[1], (None,))[0]
+        channels = g.weights.get(conv.input[1], (None,))[0]
         if channels is None:
             raise LayerMapError(f"Conv {conv.name}: weight {conv.input[1]} is not an initializer")
         out = conv.output[0]
-        relu = only(out, ("Relu",))
+        relu = g.only(out, ("Relu",))
         if relu is None:
             raise LayerMapError(f"Conv {conv.name}: no Relu follows it")
         out = relu.output[0]
-        pool = only(out, ("AveragePool", "MaxPool"))
+        pool = g.only(out, ("AveragePool", "MaxPool"))
         if pool is None:
             raise LayerMapError(f"Conv {conv.name}: no pooling follows its Relu")
         for name, tensor in ((f"conv{i}", out), (f"pool{i}", pool.output[0])):
             layers.append({"layer": name, "tensor": tensor,
                            "layout": _layout(shapes.get(tensor), channels, tensor),
                            "native_layout": native_layout})
-    pool = layers[-1]
-    layers.append({"layer": "flatten", "tensor": dense[0].input[0], "layout": "flat",
-                   "native_layout": "flat", "native_order": ORDER[native_layout],
-                   "order": _flatten_order(graph, dense[0].input[0], pool["tensor"],
-                                           pool["layout"])})
+    return layers
+
+
+def _dense_layers(g: _Graph, dense: list[onnx.NodeProto]) -> list[dict]:
+    """fc<j> for each dense node: after its bias Add and Relu (the last one, logits, has none)."""
+    layers = []
     for j, node in enumerate(dense, 1):
         out = node.output[0]
         if node.op_type == "MatMul":
-            add = only(out, ("Add",))
-            if add is None or not any(x in weights for x in add.input):
+            add = g.only(out, ("Add",))
+            if add is None or not any(x in g.weights for x in add.input):
                 raise LayerMapError(f"MatMul {node.name}: no bias Add follows it")
             out = add.output[0]
-        relu = only(out, ("Relu",))
+        relu = g.only(out, ("Relu",))
         last = j == len(dense)
         if (relu is None) != last:
             raise LayerMapError(f"dense layer {j} of {len(dense)} ({node.name}): expected a Relu "
@@ -133,13 +161,6 @@ def find_layers(model: onnx.ModelProto, native_layout: str) -> list[dict]:
             out = relu.output[0]
         layers.append({"layer": f"fc{j}", "tensor": out, "layout": "flat",
                        "native_layout": "flat"})
-    logits = layers[-1]["tensor"]
-    softmax = only(logits, ("Softmax",))
-    if softmax is None or softmax.output[0] != OUTPUT_NAME:
-        raise LayerMapError(f"the logits {logits} do not feed the Softmax that gives "
-                            f"{OUTPUT_NAME!r}")
-    layers.append({"layer": "probabilities", "tensor": OUTPUT_NAME, "layout": "flat",
-                   "native_layout": "flat"})
     return layers
 
 

@@ -1,14 +1,16 @@
-"""Framework-free glue for the exporters: histories, references, the latency images."""
+"""Framework-free glue for the exporters: histories, weights, references, the latency images."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from train.core import contract as onnx_utils
+from train.core import weights as cw
 from train.core.fileio import atomic_open, refresh_sha256sums
+from train.core.history import read_history
 from train.core.layermap import DIAGNOSIS_IMAGES, native_layout, read_layer_map
 from train import data
 from validate.timing.latency import BATCH_SIZES
@@ -75,3 +77,26 @@ def write_export(artifacts: Path, framework: str, onnx_model, predict: Callable,
     onnx_utils.save(onnx_model, path)
     refresh_sha256sums(folder)
     return path
+
+
+def write_weights(folder: Path, weights: cw.Weights) -> Path:
+    """Write FOLDER/weights.npz for the other framework's twin builder."""
+    path = folder / cw.FILE
+    cw.save(path, weights)
+    return path
+
+
+def export_checkpoint(artifacts: Path, framework: str, checkpoint: str, data_dir: str | None, *,
+                      load_model: Callable[[Path], Any],
+                      canonical_weights: Callable[[Any], cw.Weights],
+                      to_onnx: Callable[[Any, dict], Any],
+                      predict: Callable[[Any, np.ndarray], np.ndarray],
+                      layer_outputs: Callable[[Any, np.ndarray], dict]) -> Path:
+    """ARTIFACTS/FRAMEWORK/CHECKPOINT -> weights.npz, then lenet5.onnx with its references
+    (write_export); the framework's own steps come in as functions of the loaded model."""
+    folder = artifacts / framework
+    model = load_model(folder / checkpoint)
+    write_weights(folder, canonical_weights(model))
+    onnx_model = to_onnx(model, read_history(folder))
+    return write_export(artifacts, framework, onnx_model, lambda x: predict(model, x),
+                        data_dir, lambda x: layer_outputs(model, x))

@@ -23,12 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from convert.twins import common
+from convert.twins.common import first_line as _first_line
 from train.core import weights as cw
 from train.core.fileio import sha256_file
 from train import data
 from validate.compare.conversion import (CONVERSION, ONNX2TF_DIR, ONNX2TF_FILE, TFLITE_FILE,
-                                 TWIN_NATIVE, TWIN_ONNX, frameworks_present,
-                                 save_twin, write_probabilities, write_status)
+                                 frameworks_present, write_probabilities, write_status)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -43,11 +44,6 @@ BATCH = 1000
 
 def _log(msg: str) -> None:
     print(f"[tf] {msg}", flush=True)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
 
 
 def build_twin(weights: cw.Weights):
@@ -97,21 +93,12 @@ def make_twin(artifacts: Path, source: str, images: np.ndarray) -> float:
     import tensorflow as tf
 
     from convert.export.from_tf import to_onnx
-    from train.core.history import read_history
     from train.keras_lenet import predict
 
-    start = time.perf_counter()
-    folder = artifacts / source
-    path = folder / cw.FILE
-    weights = cw.load(path)
-    weights_sha = sha256_file(path)
-    model = build_twin(weights)
-    probabilities = predict(model, images)
-    history = twin_history(read_history(folder), weights_sha, weights.architecture, model)
-    save_twin(folder, to_onnx(model, history), probabilities, weights_sha,
-              f"tensorflow {tf.__version__}", "Keras twin (weights.npz)",
-              time.perf_counter() - start)
-    return time.perf_counter() - start
+    return common.make_twin(artifacts, source, images, build=build_twin, predict=predict,
+                            describe=twin_history, to_onnx=to_onnx,
+                            runs_in=f"tensorflow {tf.__version__}",
+                            made_by="Keras twin (weights.npz)")
 
 
 def _replace_dir(tmp: Path, dest: Path) -> None:
@@ -277,15 +264,8 @@ def run(artifacts: Path, data_dir: str | None = None, quick: bool = False) -> di
     """
     present = frameworks_present(artifacts)
     images = data.to_float(data.load_test(data_dir)[0])
-    times: dict[str, float] = {}
-    for source in present:
-        if source == FRAMEWORK:
-            continue
-        _log(f"{source}-trained weights -> Keras twin -> tf2onnx")
-        times[f"{source} -> Keras twin + tf2onnx"] = seconds = make_twin(
-            artifacts, source, images)
-        _log(f"wrote {artifacts / source / CONVERSION / TWIN_ONNX} and {TWIN_NATIVE} "
-             f"({seconds:.1f} s)")
+    times = common.make_twins(artifacts, present, FRAMEWORK, images, make_twin, "Keras twin",
+                              "tf2onnx", _log)
     _log(f"onnx2tf round trips ({', '.join(f'{f}/lenet5.onnx' for f in present)}) in a child "
          "process")
     start = time.perf_counter()

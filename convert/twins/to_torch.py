@@ -2,7 +2,8 @@
 torch.onnx; and every lenet5.onnx brought back into PyTorch with onnx2torch.
 
 Imports torch only (never tensorflow); runs in a process of its own. Weights arrive as the
-framework-free canonical file (train.core.weights), never from a Keras object.
+framework-free canonical file (train.core.weights), never from a Keras object. The steps both
+sides share are in convert.twins.common.
 """
 
 from __future__ import annotations
@@ -18,23 +19,19 @@ from torch import nn
 
 from train.core import weights as cw
 from convert.export.from_torch import TORCH_KEYS, to_onnx
+from convert.twins import common
+from convert.twins.common import first_line as _first_line
 from train.core.fileio import sha256_file
-from train.core.history import read_history
 from train import data
 from train.torch_lenet import predict
-from validate.compare.conversion import (CONVERSION, ONNX2TORCH_FILE, TWIN_NATIVE, TWIN_ONNX,
-                                 frameworks_present, save_twin, write_probabilities, write_status)
+from validate.compare.conversion import (CONVERSION, ONNX2TORCH_FILE, frameworks_present,
+                                 write_probabilities, write_status)
 
 FRAMEWORK = "torch"
 
 
 def _log(msg: str) -> None:
     print(f"[torch] {msg}", flush=True)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
 
 
 class TwinLeNet5(nn.Module):
@@ -86,43 +83,11 @@ def twin_history(history: dict, weights_sha: str, arch: cw.Architecture) -> dict
 
 def make_twin(artifacts: Path, source: str, images: np.ndarray) -> float:
     """ARTIFACTS/SOURCE/weights.npz -> PyTorch twin -> twin.onnx (torch.onnx), twin_native.npz."""
-    start = time.perf_counter()
-    folder = artifacts / source
-    path = folder / cw.FILE
-    weights = cw.load(path)
-    weights_sha = sha256_file(path)
-    model = build_twin(weights)
-    probabilities = predict(model, images)
-    history = twin_history(read_history(folder), weights_sha, weights.architecture)
-    save_twin(folder, to_onnx(model, history), probabilities, weights_sha,
-              f"torch {torch.__version__}", "PyTorch twin (weights.npz)",
-              time.perf_counter() - start)
-    return time.perf_counter() - start
-
-
-def relax_allowzero(model: onnx.ModelProto) -> list[str]:
-    """Clear Reshape's allowzero where the shape is a constant without 0; return what changed.
-
-    torch.onnx (onnxscript's torchlib) sets allowzero=1 on every Reshape; onnx2torch 1.5.15
-    refuses the attribute. With no 0 in the target shape the attribute has no effect (ONNX
-    Reshape spec), so clearing it there leaves the function unchanged; any other case is left
-    for onnx2torch to refuse.
-    """
-    consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            consts[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
-    changed = []
-    for node in model.graph.node:
-        if node.op_type != "Reshape":
-            continue
-        for attr in node.attribute:
-            shape = consts.get(node.input[1])
-            if attr.name == "allowzero" and attr.i == 1 and shape is not None \
-                    and not (shape == 0).any():
-                attr.i = 0
-                changed.append(f"{node.name or node.output[0]} (shape {shape.tolist()})")
-    return changed
+    return common.make_twin(artifacts, source, images, build=build_twin, predict=predict,
+                            describe=lambda history, sha, arch, _model: twin_history(
+                                history, sha, arch),
+                            to_onnx=to_onnx, runs_in=f"torch {torch.__version__}",
+                            made_by="PyTorch twin (weights.npz)")
 
 
 def onnx2torch_roundtrip(artifacts: Path, framework: str, images: np.ndarray) -> float:
@@ -140,13 +105,9 @@ def onnx2torch_roundtrip(artifacts: Path, framework: str, images: np.ndarray) ->
         write_status(out, f"unavailable: onnx2torch is not installed ({exc}); "
                           "pip install onnx2torch==1.5.15", source_sha256=onnx_sha)
         return time.perf_counter() - start
-    note = ""
     try:
-        proto = onnx.load(str(path))  # a damaged file is this row's failure too
-        changed = relax_allowzero(proto)
-        note = (f"Reshape allowzero=1 -> 0 where the shape has no 0 (same function; onnx2torch "
-                f"refuses allowzero=1): {', '.join(changed)}") if changed else ""
-        module = convert(proto).eval()
+        # The shipped file as it is: no patch here (the exporters write what consumers load).
+        module = convert(onnx.load(str(path))).eval()
         outs = []
         with torch.inference_mode(), warnings.catch_warnings():
             # onnx2torch 1.5.15's Slice indexes with a list (deprecated in torch; same result).
@@ -157,11 +118,11 @@ def onnx2torch_roundtrip(artifacts: Path, framework: str, images: np.ndarray) ->
         probabilities = np.concatenate(outs)
     except Exception as exc:  # the converter's failure is this row's result, not a crash
         write_status(out, f"failed: onnx2torch {o2t_version}: {_first_line(exc)}",
-                     source_sha256=onnx_sha, note=note)
+                     source_sha256=onnx_sha)
         return time.perf_counter() - start
     write_probabilities(out, probabilities, runs_in=f"torch {torch.__version__}",
                         made_by=f"onnx2torch {o2t_version}", source_sha256=onnx_sha,
-                        seconds=time.perf_counter() - start, note=note)
+                        seconds=time.perf_counter() - start)
     return time.perf_counter() - start
 
 
@@ -173,15 +134,8 @@ def run(artifacts: Path, data_dir: str | None = None, quick: bool = False) -> di
     """
     present = frameworks_present(artifacts)
     images = data.to_float(data.load_test(data_dir)[0])
-    times: dict[str, float] = {}
-    for source in present:
-        if source == FRAMEWORK:
-            continue
-        _log(f"{source}-trained weights -> PyTorch twin -> torch.onnx")
-        times[f"{source} -> PyTorch twin + torch.onnx"] = seconds = make_twin(
-            artifacts, source, images)
-        _log(f"wrote {artifacts / source / CONVERSION / TWIN_ONNX} and {TWIN_NATIVE} "
-             f"({seconds:.1f} s)")
+    times = common.make_twins(artifacts, present, FRAMEWORK, images, make_twin, "PyTorch twin",
+                              "torch.onnx", _log)
     for framework in present:
         _log(f"onnx2torch: {framework}/lenet5.onnx -> PyTorch")
         times[f"{framework} onnx2torch"] = seconds = onnx2torch_roundtrip(

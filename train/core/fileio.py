@@ -77,21 +77,12 @@ def ensure_writable(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file beside `path`; move it into place only if the block succeeds.
-
-    A full disk, a read-only folder or a path that is not a folder is an OutputError (one
-    line, exit 2), and the temporary file is removed whatever happens.
-    """
-    path = Path(path)
-    fd, tmp = _mkstemp(path, f".{path.name}.", ".tmp")
+def _publishing(tmp: str, path: Path) -> Iterator[None]:
+    """Around the writing of TMP for PATH: a disk or folder error becomes one line naming
+    PATH, and TMP is removed whatever goes wrong (it never outlives a failed write)."""
     try:
         try:
-            with os.fdopen(fd, mode) as handle:
-                yield handle
-                handle.flush()
-                os.fsync(handle.fileno())
-            _publish(tmp, path)
+            yield
         except OSError as exc:
             if exc.errno in _WHILE_WRITING or exc.errno in _REASONS:
                 raise output_error(path, exc) from None
@@ -103,23 +94,31 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
 
 
 @contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside `path`; move it into place only if the block succeeds.
+
+    A full disk, a read-only folder or a path that is not a folder is an OutputError (one
+    line, exit 2), and the temporary file is removed whatever happens.
+    """
+    path = Path(path)
+    fd, tmp = _mkstemp(path, f".{path.name}.", ".tmp")
+    with _publishing(tmp, path):
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        _publish(tmp, path)
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path` for a library that writes by name; then move it."""
     path = Path(path)
     fd, tmp = _mkstemp(path, f".{path.stem}.", path.suffix)
     os.close(fd)
-    try:
-        try:
-            yield Path(tmp)
-            _publish(tmp, path)
-        except OSError as exc:
-            if exc.errno in _WHILE_WRITING or exc.errno in _REASONS:
-                raise output_error(path, exc) from None
-            raise
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with _publishing(tmp, path):
+        yield Path(tmp)
+        _publish(tmp, path)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -226,6 +226,27 @@ def noise_floor_lines(report: dict) -> list[str]:
 def markdown(report: dict) -> str:
     """The page a person reads."""
     env = report["environment"]
+    out = _verdict_lines(report)
+    out += main_table(report)
+    out += _conversion_lines(report)
+    out += _cross_framework_lines(report)
+    out += _parity_lines(report)
+    out += _layer_lines(report)
+    out += _precision_lines(report)
+    floor = noise_floor_lines(report)
+    if floor:
+        out += ["", "## Noise floor", "",
+                "A tolerance below the noise floor makes a flaky gate; one more than 1000x above "
+                "it is too loose to catch a real bug.", ""] + floor
+    out += ["", "## Latency", ""] + latency_lines(report)
+    out += _models_lines(report)
+    out += _runtimes_lines(report)
+    out += _environment_lines(env)
+    return "\n".join(out)
+
+
+def _verdict_lines(report: dict) -> list[str]:
+    """The title, the verdict and, first, why it failed."""
     out = ["# LeNet-5 on Fashion-MNIST: TensorFlow vs PyTorch, and their ONNX exports", "",
            f"**Verdict: {'PASSED' if report['passed'] else 'FAILED'}** "
            f"(every available runtime within its tolerance of the native model on all test "
@@ -235,61 +256,78 @@ def markdown(report: dict) -> str:
            for label, m in report["models"].items() if "error" in m] + failures(report)
     if bad:  # why, first: the lines stderr had (a list, then a blank line before the table)
         out += ["**Failures**", ""] + [f"- {line}" for line in bad] + [""]
-    out += main_table(report)
+    return out
+
+
+def _conversion_lines(report: dict) -> list[str]:
     matrices = {label: m["conversion"] for label, m in report["models"].items()
                 if "conversion" in m}
-    if matrices:
-        from validate.compare import conversion
+    if not matrices:
+        return []
+    from validate.compare import conversion
 
-        out += ["", "## Conversion: the same weights in both frameworks", "",
-                "Each trained model rebuilt in the other framework with its own weights (its "
-                "twin), both models exported by both exporters, and each ONNX file brought "
-                "back into a framework by onnx2torch and onnx2tf (and TFLite).", ""]
-        out += conversion.markdown(matrices)
+    return ["", "## Conversion: the same weights in both frameworks", "",
+            "Each trained model rebuilt in the other framework with its own weights (its "
+            "twin), both models exported by both exporters, and each ONNX file brought "
+            "back into a framework by onnx2torch and onnx2tf (and TFLite).", ""
+            ] + conversion.markdown(matrices)
+
+
+def _cross_framework_lines(report: dict) -> list[str]:
     cross = report.get("cross_framework")
-    if cross:
-        out += ["", "## Across frameworks: two different trained models", "",
-                "| class | TensorFlow | PyTorch |", "|---|---|---|"]
-        for i, name in enumerate(cross["per_class"]["class_names"]):
-            out.append(f"| {i} {name} | {cross['per_class']['tf'][i]:.3f} | "
-                       f"{cross['per_class']['torch'][i]:.3f} |")
-        out += ["", f"Per-class accuracy in onnxruntime. Note: the two models were trained "
-                f"separately (no tolerance applies); their predictions agree on "
-                f"{cross['agreement']:.2%} of the 10,000 test images ({cross['disagreements']} "
-                "differ). The conversion matrix above is the cross-framework verdict."]
-    out += ["", "## Parity per model and runtime", "",
+    if not cross:
+        return []
+    out = ["", "## Across frameworks: two different trained models", "",
+           "| class | TensorFlow | PyTorch |", "|---|---|---|"]
+    for i, name in enumerate(cross["per_class"]["class_names"]):
+        out.append(f"| {i} {name} | {cross['per_class']['tf'][i]:.3f} | "
+                   f"{cross['per_class']['torch'][i]:.3f} |")
+    return out + ["", f"Per-class accuracy in onnxruntime. Note: the two models were trained "
+                  f"separately (no tolerance applies); their predictions agree on "
+                  f"{cross['agreement']:.2%} of the 10,000 test images ({cross['disagreements']} "
+                  "differ). The conversion matrix above is the cross-framework verdict."]
+
+
+def _parity_lines(report: dict) -> list[str]:
+    return ["", "## Parity per model and runtime", "",
             "Each runtime against the native framework's probabilities on all 10,000 test images "
             "(vs float64: against the ONNX reference implementation run in double precision). "
             "Tolerances: " + ", ".join(f"{name} {r['tolerance']:g}"
                                        for name, r in report.get("runners", {}).items()) + ".",
-            ""]
-    out += runtime_rows(report)
-    diagnosed = {label: m["layers"] for label, m in report["models"].items() if "layers" in m}
-    if diagnosed:
-        from validate.diagnose import layers
+            ""] + runtime_rows(report)
 
-        out += ["", "## Layer by layer", "",
-                "Each mapped layer of the ONNX graph against the native model's own layer "
-                "outputs on the first test images (both brought to one layout); the first "
-                "layer over its tolerance is where a failure starts."]
-        for label, result in diagnosed.items():
-            out += ["", f"**{title(label)}**", ""]
-            out += layers.markdown(result) if result.get("rows") else [result["message"]]
+
+def _layer_lines(report: dict) -> list[str]:
+    diagnosed = {label: m["layers"] for label, m in report["models"].items() if "layers" in m}
+    if not diagnosed:
+        return []
+    from validate.diagnose import layers
+
+    out = ["", "## Layer by layer", "",
+           "Each mapped layer of the ONNX graph against the native model's own layer "
+           "outputs on the first test images (both brought to one layout); the first "
+           "layer over its tolerance is where a failure starts."]
+    for label, result in diagnosed.items():
+        out += ["", f"**{title(label)}**", ""]
+        out += layers.markdown(result) if result.get("rows") else [result["message"]]
+    return out
+
+
+def _precision_lines(report: dict) -> list[str]:
+    """The quantized variants' table, after a line per model whose variants were not evaluated."""
     variants = {label: m["precision"] for label, m in report["models"].items()
                 if "precision" in m and "error" not in m["precision"]}
-    out += [f"- {title(label)} quantized models not evaluated: {m['precision']['error']}"
-            for label, m in report["models"].items() if "error" in m.get("precision", {})]
+    out = [f"- {title(label)} quantized models not evaluated: {m['precision']['error']}"
+           for label, m in report["models"].items() if "error" in m.get("precision", {})]
     if variants:
         from validate.compare import precision
 
         out += [""] + precision.markdown(variants)
-    floor = noise_floor_lines(report)
-    if floor:
-        out += ["", "## Noise floor", "",
-                "A tolerance below the noise floor makes a flaky gate; one more than 1000x above "
-                "it is too loose to catch a real bug.", ""] + floor
-    out += ["", "## Latency", ""] + latency_lines(report)
-    out += ["", "## Models", ""]
+    return out
+
+
+def _models_lines(report: dict) -> list[str]:
+    out = ["", "## Models", ""]
     for label, m in report["models"].items():
         if "facts" not in m:
             continue
@@ -298,11 +336,19 @@ def markdown(report: dict) -> str:
                 f"`{f['sha256']}`, opset {f['opset']}, {f['parameters']:,} parameters, producer "
                 f"{f['producer']}, exporter {f['metadata'].get('exporter', '?')} "
                 f"{f['metadata'].get('exporter_version', '')}"]
-    out += ["", "## Runtimes", ""]
+    return out
+
+
+def _runtimes_lines(report: dict) -> list[str]:
+    out = ["", "## Runtimes", ""]
     for name, r in report.get("runners", {}).items():
         out.append(f"- **{name}** ({r['description']}): "
                    + ("available" if r["available"] else f"unavailable: {r['reason']}"))
-    out += ["", "## Environment", "",
+    return out
+
+
+def _environment_lines(env: dict) -> list[str]:
+    return ["", "## Environment", "",
             f"- CPU: {env['cpu']} ({env['cpu_count']} cores); {env['platform']}",
             f"- python {env['python']}, numpy {env['numpy']}, onnx {env['onnx']}, "
             f"onnxruntime {env['onnxruntime']}",
@@ -310,7 +356,6 @@ def markdown(report: dict) -> str:
             f"- CUDA execution provider: "
             f"{'available' if env['cuda']['available'] else 'unavailable: ' + env['cuda']['reason']}",
             ""]
-    return "\n".join(out)
 
 
 def summary(report: dict) -> str:
