@@ -229,7 +229,7 @@ def _plant_and_rebuild(art, trained: str, side: str, **changes) -> None:
     _rewrite_npz(art / trained / "weights.npz", **changes)
     proc = python("from pathlib import Path\n"
                   "from train import data\n"
-                  f"from convert import {side} as side\n"
+                  f"from convert.twins import {side} as side\n"
                   f"side.make_twin(Path({str(art)!r}), {trained!r}, "
                   "data.to_float(data.load_test()[0]))\n")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -266,7 +266,7 @@ def test_a_missing_flatten_permutation_is_caught(twins, tmp_path, test_set):
     # The PyTorch weights labelled as if flattened NHWC: the Keras twin then copies dense1
     # without permuting its rows, the classic bug.
     art = _copy(twins, tmp_path)
-    _plant_and_rebuild(art, "torch", "twin_tf", flatten_order=np.array("HWC"))
+    _plant_and_rebuild(art, "torch", "to_tf", flatten_order=np.array("HWC"))
     _assert_caught(art, "torch", "Keras twin", test_set, "fc1")
 
 
@@ -276,5 +276,5 @@ def test_a_transposed_conv_kernel_is_caught(twins, tmp_path, test_set):
     with np.load(art / "tf" / "weights.npz") as f:
         swapped = {k: np.ascontiguousarray(f[k].transpose(0, 1, 3, 2))
                    for k in ("conv1.kernel", "conv2.kernel")}
-    _plant_and_rebuild(art, "tf", "twin_torch", **swapped)
+    _plant_and_rebuild(art, "tf", "to_torch", **swapped)
     _assert_caught(art, "tf", "PyTorch twin", test_set, "conv1")

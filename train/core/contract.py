@@ -102,6 +102,46 @@ def canonical_names(model: onnx.ModelProto) -> None:
     graph.initializer.extend(copies)
 
 
+# Node metadata that records the exporting machine: torch.onnx's stack traces name the source
+# files (absolute paths) and lines of every `forward`, so the bytes would change with the
+# clone's folder or an edit elsewhere in the file. Module names and scopes are kept.
+BUILD_METADATA = ("pkg.torch.onnx.stack_trace",)
+
+
+def strip_build_paths(model: onnx.ModelProto) -> None:
+    """Drop node metadata that records where the exporting code stood (BUILD_METADATA)."""
+    for node in model.graph.node:
+        kept = [p for p in node.metadata_props if p.key not in BUILD_METADATA]
+        if len(kept) != len(node.metadata_props):
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+
+
+def relax_allowzero(model: onnx.ModelProto) -> list[str]:
+    """Clear Reshape's allowzero where the shape is a constant without 0; return what changed.
+
+    torch.onnx (onnxscript's torchlib) sets allowzero=1 on every Reshape, and some consumers
+    refuse the attribute (onnx2torch 1.5.15: '"allowzero=1" is not implemented'). With no 0 in
+    the target shape the attribute has no effect (ONNX Reshape spec), so clearing it there
+    leaves the function unchanged, and the file every consumer loads is the file shipped.
+    """
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    changed = []
+    for node in model.graph.node:
+        if node.op_type != "Reshape":
+            continue
+        for attr in node.attribute:
+            shape = consts.get(node.input[1])
+            if attr.name == "allowzero" and attr.i == 1 and shape is not None \
+                    and not (shape == 0).any():
+                attr.i = 0
+                changed.append(f"{node.name or node.output[0]} (shape {shape.tolist()})")
+    return changed
+
+
 def apply_contract(model: onnx.ModelProto, meta: dict[str, str]) -> onnx.ModelProto:
     """Name and shape the I/O per the contract, drop unused opset domains, set metadata, check."""
     graph = model.graph
@@ -109,6 +149,8 @@ def apply_contract(model: onnx.ModelProto, meta: dict[str, str]) -> onnx.ModelPr
         raise ValueError(f"expected one input and one output, got {len(graph.input)} and "
                          f"{len(graph.output)}")
     canonical_names(model)
+    relax_allowzero(model)
+    strip_build_paths(model)
     _rename_value(graph, graph.input[0].name, INPUT_NAME)
     _rename_value(graph, graph.output[0].name, OUTPUT_NAME)
     _set_shape(graph.input[0], INPUT_SHAPE)
