@@ -20,6 +20,8 @@ _SPECS = {
     "cpu": "validate.runners.ort:CpuRunner",
     "cuda": "validate.runners.ort:CudaRunner",
     "reference": "validate.runners.reference:ReferenceRunner",
+    "openvino": "validate.runners.openvino_cpu:OpenVinoRunner",
+    "tract": "validate.runners.tract_cpu:TractRunner",
     "node": "validate.runners.node:NodeRunner",
     "wasm": "validate.runners.node:WasmRunner",
     "browser": "validate.runners.browser:BrowserRunner",
@@ -37,6 +39,12 @@ def runner_class(key: str) -> type[Runner]:
     return getattr(importlib.import_module(module), cls)
 
 
+def availability(keys: tuple[str, ...]) -> dict[str, str]:
+    """Why each runner cannot run here, "" for those that can (validate.options.Options asks
+    once per validation and hands the answer to every model's child and to the report)."""
+    return {key: runner_class(key).availability() or "" for key in keys}
+
+
 __all__ = ["CPU", "CUDA", "CpuRunner", "CudaRunner", "OnnxRunner", "ProviderStatus",
            "ProviderUnavailable", "Runner", "RunnerFailed", "RunnerUnavailable", "cuda_status",
-           "runner_class", "runner_keys", "session_options"]
+           "availability", "runner_class", "runner_keys", "session_options"]

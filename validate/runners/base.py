@@ -71,6 +71,9 @@ class Runner:
     default_batch: ClassVar[int | None] = None  # chunk size for whole-test-set runs
     batch1_images: ClassVar[int] = 256    # images run one at a time for the invariance check
     in_process: ClassVar[bool] = True     # False: runs in a process of its own (Node, browser)
+    # Computes float64 tensors in float32 and int64 in int32 (OpenVINO's CPU plugin): outputs
+    # keep the graph's types, values are what a deployment on it gets.
+    narrows_wide_types: ClassVar[bool] = False
     # Thread counts its latency is measured at: None = 1 and all cores; () = not timed.
     latency_threads: ClassVar[tuple[int, ...] | None] = None
 
