@@ -54,6 +54,21 @@ class Options:
     latency_rounds: int | None = None  # None: 5, or 3 with quick
     data_dir: str | None = None
     layers: bool = False              # per-layer comparison even when parity passes
+    # Why each runtime cannot run here ("" when it can): decided once, when the options are
+    # made in the parent, and carried to every model's child (unpickling skips __post_init__).
+    unavailable: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.unavailable is None:
+            from validate.runners import availability
+
+            object.__setattr__(self, "unavailable", availability(self.runtimes))
+        for key in self.required:  # named: unavailable is an error, said once, before any work
+            if self.unavailable.get(key):
+                from validate.runners import runner_class
+
+                raise ToolkitError(f"runtime {key} ({runner_class(key).name}) is unavailable "
+                                   f"here: {self.unavailable[key]}")
 
 
 def frameworks_arg(text: str) -> tuple[str, ...]:
@@ -140,15 +155,11 @@ def tolerances(args: argparse.Namespace) -> Tolerances:
                       rtol=args.rtol)
 
 
-def options(args: argparse.Namespace, quick: bool, data_dir: str | None):
-    """Validation options from parsed flags."""
-    from validate.runners import runner_class, runner_keys
+def options(args: argparse.Namespace, quick: bool, data_dir: str | None) -> Options:
+    """Validation options from parsed flags (a runtime named in --runtimes and unavailable
+    here is one line, before any work)."""
+    from validate.runners import runner_keys
 
-    for key in args.runtimes or ():  # named: unavailable is an error, said once, before any work
-        reason = runner_class(key).availability()
-        if reason:
-            raise ToolkitError(f"runtime {key} ({runner_class(key).name}) is unavailable here: "
-                               f"{reason}")
     return Options(tolerances=tolerances(args), runtimes=args.runtimes or runner_keys(),
                    required=args.runtimes or (), quick=quick, latency=args.latency,
                    latency_rounds=args.latency_rounds, data_dir=data_dir, layers=args.layers)

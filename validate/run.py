@@ -19,7 +19,7 @@ from train.core.errors import ArtifactError, ToolkitError
 from train.core.fileio import append_text
 from train.core.lock import shared_lock
 from validate import sandbox, worker
-from validate.options import Options, Tolerances
+from validate.options import Options
 from validate.report import markdown, verdict
 from validate.report.write import write
 from validate.runners import cuda_status, runner_class
@@ -30,15 +30,15 @@ SCHEMA_VERSION = 3
 MODEL_FILE = "lenet5.onnx"
 
 
-def runner_table(keys: tuple[str, ...], tol: Tolerances) -> dict:
+def runner_table(opts: Options) -> dict:
     """Every runner asked for: what it is, its tolerance, and whether it can run here."""
     table = {}
-    for key in keys:
+    for key in opts.runtimes:
         cls = runner_class(key)
-        reason = cls.availability()
+        reason = opts.unavailable.get(key, "")
         table[cls.name] = {"key": key, "description": cls.description,
-                           "tolerance": tol.for_runner(key, cls.tolerance),
-                           "available": reason is None, "reason": reason or ""}
+                           "tolerance": opts.tolerances.for_runner(key, cls.tolerance),
+                           "available": not reason, "reason": reason}
     return table
 
 
@@ -94,7 +94,7 @@ def validate(target: Path, frameworks: tuple[str, ...], opts: Options,
               "environment": environment(),
               "tolerances": asdict(opts.tolerances),
               "limits": asdict(limits),
-              "runners": runner_table(opts.runtimes, opts.tolerances),
+              "runners": runner_table(opts),
               "latency_method": METHOD,
               "models": models}
     preds = {k: m.pop("predictions") for k, m in models.items() if "predictions" in m}

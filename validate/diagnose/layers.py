@@ -221,16 +221,19 @@ def summary(rows: list[dict]) -> dict:
     return result
 
 
-def diagnose(model: Path | bytes, reference: Mapping[str, np.ndarray], runner_key: str = "cpu"
-             ) -> dict:
+def diagnose(model: Path | bytes, reference: Mapping[str, np.ndarray], runner_key: str = "cpu",
+             runner_tolerance: float | None = None) -> dict:
     """Compare every mapped layer of `model` (run by `runner_key`) with the native outputs in
-    `reference` (reference.npz's arrays). JSON-able: runner, images, rows, first_divergence
-    (the first layer over its tolerance, or None) and message."""
+    `reference` (reference.npz's arrays). The layers' limit scales with the parity tolerance
+    the runner is judged by (`runner_tolerance`: --atol / --cuda-atol; default the runner's
+    own). JSON-able: runner, images, rows, first_divergence (the first layer over its
+    tolerance, or None) and message."""
     proto, source = _load(model)
     layers = reference_layout(reference, read_layer_map(proto, source))
     images, native = native_layers(reference, layers)
     runner, values = run_layers(proto, layers, images, runner_key)
-    rows = compare(layers, values, native, runner.tolerance)
+    rows = compare(layers, values, native,
+                   runner.tolerance if runner_tolerance is None else runner_tolerance)
     return {"runner": runner.name, "runner_key": runner_key, "images": int(len(images)),
             **summary(rows)}
 

@@ -157,6 +157,7 @@ def fig_parity(ctx: Context):
     for ax, (fw, runtimes) in zip(axes, panels):
         lowest = 1.0
         tolerances = {}
+        several = len({r.get("tolerance") for _, r in runtimes if r.get("tolerance")}) > 1
         for k, (name, r) in enumerate(runtimes):
             edges = np.asarray(r["diff_histogram"]["edges"], dtype=float)
             counts = np.asarray(r["diff_histogram"]["counts"], dtype=float)
@@ -167,13 +168,14 @@ def fig_parity(ctx: Context):
             lowest = min(lowest, floor)
             # thinner each time: runtimes that agree exactly still show as nested lines
             ax.stairs(counts, edges, color=_runtime_color(name, seen), lw=max(3.0 - 0.5 * k, 1.0),
-                      ls=LINESTYLES[k % len(LINESTYLES)], label=name)
+                      ls=LINESTYLES[k % len(LINESTYLES)],
+                      label=f"{name} (tolerance {r['tolerance']:g})" if several else name)
             if r.get("tolerance"):
                 tolerances.setdefault(float(r["tolerance"]), []).append(name)
-        for tol, names in sorted(tolerances.items()):
+        # the runtimes each line belongs to are in the legend: names here would not fit
+        for i, tol in enumerate(sorted(tolerances)):
             ax.axvline(tol, color="#d62728", ls="--", lw=1.2)
-            ax.text(tol, 0.98, f" tolerance {tol:g}" + (f" ({', '.join(names)})"
-                                                         if len(tolerances) > 1 else ""),
+            ax.text(tol, 0.98 - 0.06 * i, f" tolerance {tol:g}",
                     transform=ax.get_xaxis_transform(), color="#d62728", fontsize=7.5,
                     va="top", ha="left")
         ax.set_xscale("log")
@@ -196,6 +198,9 @@ def _slot(fw: str, row: dict) -> str:
     return "native" if label.startswith("native (") else label
 
 
+LEGEND_COLUMNS = 4  # the latency legend's runtimes per row: wider rows crowd out the axes
+
+
 def fig_latency(ctx: Context):
     """p50 per batch size with p90/p99 whiskers, every runtime, log axis; one panel per
     model and thread count."""
@@ -203,12 +208,13 @@ def fig_latency(ctx: Context):
     if not fws:
         return None
     threads = sorted({r["threads"] for fw in fws for r in ctx.models[fw]["latency"]})
-    fig = _new_figure(5.4 * len(fws), 3.3 * len(threads) + 0.6)
+    # one slot per runtime across every panel, so a runtime sits at the same offset everywhere
+    slots = list(dict.fromkeys(_slot(fw, r) for fw in fws for r in ctx.models[fw]["latency"]))
+    legend_rows = -(-len(slots) // LEGEND_COLUMNS)  # each row of the legend needs its height
+    fig = _new_figure(5.4 * len(fws), 3.3 * len(threads) + 0.4 + 0.25 * legend_rows)
     axes = np.atleast_2d(fig.subplots(len(threads), len(fws), sharey=True, squeeze=False))
     seen: dict[str, str] = {}
     handles: dict[str, object] = {}
-    # one slot per runtime across every panel, so a runtime sits at the same offset everywhere
-    slots = list(dict.fromkeys(_slot(fw, r) for fw in fws for r in ctx.models[fw]["latency"]))
     width = 0.8 / len(slots)
     for col, fw in enumerate(fws):
         rows = ctx.models[fw]["latency"]
@@ -243,7 +249,7 @@ def fig_latency(ctx: Context):
             ax.grid(axis="x", visible=False)
             ax.set(title=f"{title(fw)}, {t} thread{'s' * (t > 1)}", ylabel="ms per batch")
     fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
-               ncols=min(len(handles), 7), title="dot: p50 (median over rounds); bar: range "
+               ncols=min(len(handles), LEGEND_COLUMNS), title="dot: p50 (median over rounds); bar: range "
                "of the round p50s; whisker: tick at p90, top at p99")
     return fig
 
