@@ -37,7 +37,9 @@ def parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="validate the ONNX models (python -m validate)")
     add_validate_args(v, positional=True)
     _add_quantize(sub)
-    s = sub.add_parser("test", help="run the test suite (pytest; arguments passed on)")
+    s = sub.add_parser("test", help="run the test suite (pytest; arguments passed on); "
+                                    "--fast: only the fast tier, no training and no pipeline "
+                                    "run (under 2 minutes)")
     s.add_argument("pytest_args", nargs=argparse.REMAINDER)
     return p
 
@@ -174,7 +176,10 @@ def _test(args: argparse.Namespace) -> int:
     named = any(not a.startswith("-") and Path(a.split("::")[0]).exists()
                 for a in args.pytest_args)
     paths = [] if named else [str(tests)]
-    return subprocess.run([sys.executable, "-m", "pytest", *paths, *args.pytest_args],
+    rest = [a for a in args.pytest_args if a != "--fast"]
+    # The fast tier (tests/conftest.py) on two workers: its tests mostly wait on subprocesses.
+    tier = ["-m", "fast", "-n", "2"] if len(rest) < len(args.pytest_args) else []
+    return subprocess.run([sys.executable, "-m", "pytest", *paths, *tier, *rest],
                           cwd=tests.parent).returncode
 
 

@@ -1,4 +1,7 @@
-"""Shared fixtures: the real dataset, CLI runners, and one quick pipeline run per session.
+"""Shared fixtures: the real dataset, CLI runners, and one quick pipeline run per session;
+and the tiers: a test that uses the quick pipeline's artifacts is marked `pipeline`, one that
+trains or runs a pipeline of its own is marked `slow` by its module, and every other test is
+`fast` (`python -m convert test --fast` runs those: no training, no pipeline).
 
 The test process itself imports neither torch nor tensorflow: every framework runs in a
 subprocess, as in the toolkit (importing torchvision after TensorFlow has run segfaults).
@@ -78,3 +81,15 @@ def artifacts_copy(quick_artifacts, tmp_path) -> Path:
     dest = tmp_path / "artifacts"
     shutil.copytree(quick_artifacts, dest)
     return dest
+
+
+PIPELINE_FIXTURES = {"quick_artifacts", "artifacts_copy"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Sort every test into its tier (see the module docstring)."""
+    for item in items:
+        if PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.pipeline)
+        if not (item.get_closest_marker("pipeline") or item.get_closest_marker("slow")):
+            item.add_marker(pytest.mark.fast)

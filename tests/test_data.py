@@ -195,6 +195,7 @@ def _digest_snippet(arrays: str) -> str:
             " for a in arrays)).hexdigest())")
 
 
+@pytest.mark.slow  # both frameworks' own dataset readers
 def test_torchvision_and_keras_readers_yield_the_same_arrays(ds, data_dir, tmp_path):
     import hashlib
 

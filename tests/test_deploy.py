@@ -16,10 +16,10 @@ from tests.conftest import error_lines, run
 QUICK = ("--quick",)
 
 
-def _tiny_model(folder, y_offset: float = 0.0):
+def _tiny_model(folder, y_offset: float = 0.0, int_op: str = "Add"):
     """Not LeNet-5: two inputs of different dtypes, two outputs, a dynamic leading axis."""
     graph = helper.make_graph(
-        [helper.make_node("Add", ["a", "a"], ["y"]), helper.make_node("Mul", ["b", "b"], ["z"])],
+        [helper.make_node("Add", ["a", "a"], ["y"]), helper.make_node(int_op, ["b", "b"], ["z"])],
         "tiny",
         [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 3]),
          helper.make_tensor_value_info("b", TensorProto.INT64, ["n"])],
@@ -35,7 +35,7 @@ def _tiny_model(folder, y_offset: float = 0.0):
     sets.mkdir(exist_ok=True)
     for name, array in (("input_0", (a, "a")), ("input_1", (b, "b")),
                         ("output_0", (a + a + np.float32(y_offset), "y")),
-                        ("output_1", (b * b, "z"))):
+                        ("output_1", (b * b if int_op == "Mul" else b + b, "z"))):
         (sets / f"{name}.pb").write_bytes(
             numpy_helper.from_array(*array).SerializeToString())
     return folder / "tiny.onnx"
@@ -62,6 +62,17 @@ def test_one_of_our_files_alone(quick_artifacts, tmp_path):
     cpu = report["models"]["deploy"]["runtimes"]["onnxruntime-cpu"]
     assert cpu["metadata_accuracy"]["passed"]
     assert cpu["metadata_accuracy"]["measured"] == cpu["metadata_accuracy"]["recorded"]
+
+
+def test_an_engine_that_lacks_an_operator_is_named_with_it(tmp_path):
+    """tract rewrites Mul(b, b) into Square, which it has no int64 kernel for: that model fails
+    in tract, in one line naming the runtime and the operator, and passes elsewhere."""
+    path = _tiny_model(tmp_path / "square", int_op="Mul")
+    proc = run("validate", str(path), "--runtimes", "cpu,tract", "--no-latency")
+    assert proc.returncode == 1
+    assert error_lines(proc) == [line for line in error_lines(proc)
+                                 if line.startswith("parity failed: tiny (tract): ")]
+    assert len(error_lines(proc)) == 1 and "Square" in proc.stderr and "I64" in proc.stderr
 
 
 def test_a_model_that_is_not_lenet(tmp_path):

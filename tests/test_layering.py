@@ -146,8 +146,6 @@ def violations(root: Path) -> list[str]:
     return lines
 
 
-pytestmark = pytest.mark.fast
-
 
 def test_the_house_keeps_its_rules():
     assert violations(ROOT) == []

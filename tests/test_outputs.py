@@ -207,6 +207,7 @@ def test_single_commands_and_convert_all_wait_for_each_other(quick_artifacts, tm
         pipeline.communicate(timeout=60)
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("framework", ["torch", "tf"])
 def test_a_full_disk_while_saving_a_trained_model(framework, tmp_path):
     artifacts = tmp_path / "art"

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 
 import numpy as np
+import pytest
 
 from convert.pipeline import already_trained
 from tests.conftest import error_lines, run
@@ -111,6 +112,7 @@ def test_one_framework_trained_again_gets_fresh_conversions(artifacts_copy):
     assert report["models"]["torch"]["conversion"]["passed"]
 
 
+@pytest.mark.slow  # starts a pipeline
 def test_sigterm_stops_convert_all_and_every_stage_with_one_line(tmp_path):
     import os
     import signal

@@ -18,6 +18,7 @@ def _train(framework: str, artifacts, *args: str) -> dict:
     return json.loads((artifacts / framework / "history.json").read_text())
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_same_seed_gives_bit_identical_weights(framework, tmp_path):
     small = ("--epochs", "2", "--limit", "1500")
@@ -35,6 +36,7 @@ def test_same_seed_gives_bit_identical_weights(framework, tmp_path):
     assert not [p for p in (tmp_path / "a" / framework).iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_threads_are_honoured_recorded_and_deterministic(framework, tmp_path):
     small = ("--epochs", "1", "--limit", "650")  # 20 batches of 32 and one of 10
@@ -58,6 +60,7 @@ def test_threads_are_honoured_recorded_and_deterministic(framework, tmp_path):
     assert proc.stderr.strip() == "error: --threads must be at least 1, got 0"
 
 
+@pytest.mark.slow  # trains
 def test_bench_compares_seed_and_toolkit_side_by_side():
     proc = run("train.bench", "--epochs", "1", "--limit", "320", "--threads", "1")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -70,6 +73,7 @@ def test_bench_compares_seed_and_toolkit_side_by_side():
         assert float(ratio.split("= ")[1].split("x")[0]) > 0
 
 
+@pytest.mark.slow  # trains
 def test_torch_epoch_matches_torch_optim_adam_bit_for_bit(data_dir):
     """The toolkit's lean Adam and end-of-epoch bookkeeping against the textbook loop:
     torch.optim.Adam(fused=True), the loss and hits summed step by step with .item()."""
@@ -118,6 +122,7 @@ print("ok", toolkit)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("framework,parameters", [("torch", 61706), ("tf", 107786)])
 def test_one_full_epoch_reaches_80_percent(framework, parameters, tmp_path):
     h = _train(framework, tmp_path, "--epochs", "1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -219,6 +220,23 @@ def test_tolerance_flags_reach_the_report(artifacts_copy):
     assert report["models"]["tf"]["parity"]["atol"] == 0.5
     assert report["models"]["tf"]["runtimes"]["onnx-reference"]["tolerance"] == 0.5
     assert report["models"]["tf"]["parity"]["min_agreement"] == 0.75
+    assert report["models"]["tf"]["conversion"]["atol"] == 0.5
+
+
+def test_atol_reaches_the_conversion_gate_and_the_layer_diagnosis(artifacts_copy):
+    """--atol is the limit wherever the same weights meet on the CPU (docs/architecture.md)."""
+    args = ("validate", str(artifacts_copy), "--frameworks", "torch", "--runtimes", "cpu",
+            "--no-latency", "--layers")
+    proc = run(*args, "--atol", "1e-3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    model = json.loads((artifacts_copy / "report.json").read_text())["models"]["torch"]
+    assert model["conversion"]["atol"] == 1e-3 and model["conversion"]["passed"]
+    assert {r["tolerance"] for r in model["layers"]["rows"]} == {1e-5 * 1e-3 / 1e-5}
+    proc = run(*args, "--atol", "1e-12")  # below every same-weights difference
+    model = json.loads((artifacts_copy / "report.json").read_text())["models"]["torch"]
+    assert proc.returncode == 1 and not model["conversion"]["passed"]
+    assert re.search(r"conversion failed: torch -> Keras twin: max \|diff\| \S+ > 1e-12",
+                     proc.stderr), proc.stderr[-2000:]
 
 
 def test_a_crash_is_exit_3_with_its_traceback(capsys):

@@ -107,13 +107,13 @@ def validate_lenet(path: Path, opts: Options, reference_required: bool,
         result["precision"] = _precision(path.parent, images, labels, cpu_out, opts)
         passed = passed and result["precision"]["passed"]
     if reference_required and (path.parent / conversion.CONVERSION).is_dir():
-        result["conversion"] = _conversion(path, ref, images, labels)
+        result["conversion"] = _conversion(path, ref, images, labels, opts)
         passed = passed and result["conversion"]["passed"]
     # Layer by layer: on demand, and whenever a runtime that can show its tensors failed.
     diagnosable = [o.key for o in outputs if runner_class(o.key).intermediates
                    and o.status == "ran" and not runtimes[o.name]["passed"]]
     if opts.layers or diagnosable:
-        result["layers"] = _diagnose(path, ref, diagnosable[0] if diagnosable else "cpu")
+        result["layers"] = _diagnose(path, ref, diagnosable[0] if diagnosable else "cpu", opts)
     result["passed"] = bool(passed)
     return result
 
@@ -217,9 +217,12 @@ def _precision(folder: Path, images: np.ndarray, labels: np.ndarray, cpu_out: Ru
         return {"passed": False, "error": f"onnxruntime: {exc}"}
 
 
-def _conversion(path: Path, ref: dict, images: np.ndarray, labels: np.ndarray) -> dict:
-    """The conversion matrix, with the twin diagnosed layer by layer when it disagrees."""
-    result = conversion.evaluate(path.parent.parent, path.parent.name, images, labels)
+def _conversion(path: Path, ref: dict, images: np.ndarray, labels: np.ndarray,
+                opts: Options) -> dict:
+    """The conversion matrix (--atol its limit), with the twin diagnosed layer by layer when
+    it disagrees."""
+    result = conversion.evaluate(path.parent.parent, path.parent.name, images, labels,
+                                 opts.tolerances.atol)
     twin = path.parent / conversion.CONVERSION / conversion.TWIN_ONNX
     # Only a twin that ran and disagrees: a stale, missing or foreign file has its reason.
     twin_failed = any(r["passed"] is False and r["status"] == "ok"
@@ -227,14 +230,17 @@ def _conversion(path: Path, ref: dict, images: np.ndarray, labels: np.ndarray) -
                            or str(r.get("file", "")).endswith(conversion.TWIN_ONNX))
                       for r in result["rows"])
     if twin_failed and twin.is_file():  # where the twin's function leaves the model's
-        result["layers"] = _diagnose(twin, ref, "cpu")
+        result["layers"] = _diagnose(twin, ref, "cpu", opts)
     return result
 
 
-def _diagnose(model: Path, ref: dict, runner_key: str) -> dict:
-    """validate.diagnose.layers.diagnose, or the reason it could not run (never fails the model)."""
+def _diagnose(model: Path, ref: dict, runner_key: str, opts: Options) -> dict:
+    """validate.diagnose.layers.diagnose, its limits scaled by the tolerance the runner is
+    judged by, or the reason it could not run (never fails the model)."""
+    cls = runner_class(runner_key)
     try:
-        return layers.diagnose(model, ref, runner_key)
+        return layers.diagnose(model, ref, runner_key,
+                               opts.tolerances.for_runner(runner_key, cls.tolerance))
     except (ToolkitError, RunnerUnavailable, RunnerFailed) as exc:
         return {"runner_key": runner_key, "rows": [], "first_divergence": None,
                 "message": f"no layer-by-layer comparison: {exc}", "error": str(exc)}

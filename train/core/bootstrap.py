@@ -25,7 +25,8 @@ JS_STAMP = JS_DIR / "node_modules" / ".lenet5-installed"  # sha256 of package-lo
 ONNX2TF = "onnx2tf==1.29.24"  # installed with --no-deps (see _install)
 NEEDS_GB = 9  # .venv after the install: 7.9 GB (torch's CUDA build); pip unpacks beside it
 MODULES = ("numpy", "onnx", "onnxruntime", "onnxscript", "torch", "torchvision", "tensorflow",
-           "tf2onnx", "pytest", "psutil", "playwright", "onnxconverter_common", "onnx2torch", "matplotlib", "yaml")
+           "tf2onnx", "pytest", "xdist", "psutil", "playwright", "onnxconverter_common",
+           "onnx2torch", "matplotlib", "yaml", "openvino", "tract")
 
 
 def _venv_python() -> Path:
