@@ -57,6 +57,10 @@ def test_quantize_writes_contract_keeping_deterministic_variants(artifacts_copy,
             initializers = {t.data_type for t in model.graph.initializer}
             if p == "int8":
                 assert onnx.TensorProto.INT8 in initializers  # the weights
+                # int8 in the hidden dense layers only: the convolutions keep float32 weights
+                floats = {t.name for t in model.graph.initializer
+                          if t.data_type == onnx.TensorProto.FLOAT}
+                assert all(n.input[1] in floats for n in model.graph.node if n.op_type == "Conv")
                 ops = {n.op_type for n in model.graph.node}
                 assert {"QuantizeLinear", "DequantizeLinear"} <= ops
                 axes = [a.i for n in model.graph.node if n.op_type == "DequantizeLinear"
@@ -77,6 +81,12 @@ def test_quantize_writes_contract_keeping_deterministic_variants(artifacts_copy,
         assert i8["top1_agreement"] >= 0.95 and f16["top1_agreement"] >= 0.995
         assert 0 < f16["max_abs_diff"] < 5e-3 and 0 < i8["max_abs_diff"] < 0.5
         assert i8["bytes"] < f16["bytes"] < result["fp32"]["bytes"]
+        for entry in (i8, f16):  # the speed verdict: each batch size against FP32
+            assert [x["batch_size"] for x in entry["speed"]] == [1, 256]
+            assert all(x["speedup"] > 0 and x["speedup_min"] <= x["speedup"] <= x["speedup_max"]
+                       for x in entry["speed"])
+            assert entry["slower_than_fp32"] == [x["batch_size"] for x in entry["speed"]
+                                                 if x["slower"]]
         for entry in (result["fp32"], i8, f16):
             assert [r["batch_size"] for r in entry["latency"]] == [1, 256]
             assert all(r["threads"] == 1 and r["p50_ms"] > 0 for r in entry["latency"])
@@ -139,3 +149,53 @@ def test_calibration_is_a_seeded_sample_of_training_images(data_dir):
     assert np.array_equal(a.images, data.to_float(train[index]))
     assert calibration_set(str(data_dir), seed=1).description["pixels_sha256"] != \
         a.description["pixels_sha256"]
+
+
+def _slower_copy(fp32: onnx.ModelProto, chain: int) -> onnx.ModelProto:
+    """The FP32 graph behind a chain of `chain` Adds of a zero image: the same function, more
+    work per call (onnxruntime removes no Add of a non-scalar tensor)."""
+    from onnx import helper, numpy_helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(fp32)
+    graph = model.graph
+    zero = numpy_helper.from_array(np.zeros((1, 1, 28, 28), np.float32), "planted_zero")
+    graph.initializer.append(zero)
+    for node in graph.node:
+        node.input[:] = [f"planted_{chain}" if i == "image" else i for i in node.input]
+    adds = [helper.make_node("Add", ["image" if k == 0 else f"planted_{k}", "planted_zero"],
+                             [f"planted_{k + 1}"]) for k in range(chain)]
+    nodes = adds + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model
+
+
+def test_a_variant_slower_than_fp32_is_flagged_not_failed(artifacts_copy, tmp_path):
+    """A planted INT8 file that is the FP32 graph plus needless work: same accuracy, slower:
+    the warning (with the figures) in stdout, report.md, report.html and the summary; exit 0."""
+    from train.core.fileio import refresh_sha256sums
+
+    folder = artifacts_copy / "torch"
+    fp32 = onnx.load(str(folder / "lenet5.onnx"))
+    int8 = onnx.load(str(variant_path(folder, "int8")))
+    planted = _slower_copy(fp32, 300)
+    del planted.metadata_props[:]
+    planted.metadata_props.extend(int8.metadata_props)  # precision int8, its source's sha256
+    save(planted, variant_path(folder, "int8"))
+    refresh_sha256sums(folder)
+    summary = tmp_path / "summary.md"
+    proc = run("validate", str(artifacts_copy), "--frameworks", "torch", "--runtimes", "cpu",
+               "--quick", "--summary", str(summary))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((artifacts_copy / "report.json").read_text())
+    entry = report["models"]["torch"]["precision"]["int8"]
+    assert entry["passed"] and entry["delta_points"] == 0  # the same function
+    assert entry["slower_than_fp32"] == [1, 256], entry["speed"]
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("warning: torch INT8"))
+    assert "is slower than FP32 in onnxruntime CPU, 1 thread: batch 1 " in line
+    assert f"batch 256 {entry['speed'][1]['speedup']:.2f}x" in line
+    assert line in (artifacts_copy / "report.md").read_text()
+    assert line in summary.read_text() and "**Warnings**" in summary.read_text()
+    html = (artifacts_copy / "report.html").read_text()
+    assert '<ul class="warn"><li>warning: torch INT8 (lenet5.int8.onnx) is slower' in html

@@ -122,6 +122,8 @@ def validate_and_report(target: Path, frameworks: tuple[str, ...], opts: Options
         print(f"\nreports: {', '.join(str(p) for p in paths)}")
     else:
         print("\n".join([""] + markdown.runtime_rows(result)))
+    for line in verdict.warnings(result):  # not a failure: stdout, beside the table
+        print(line)
     if summary is not None:
         append_text(summary, markdown.summary(result))
     for line in verdict.errors(result) + verdict.failures(result):

@@ -23,7 +23,7 @@ from train.core.errors import ArtifactError
 from train.core.fileio import sha256_file
 from train.core.contract import REQUIRED_METADATA
 from validate.artifacts import load_onnx
-from validate.timing.latency import RoundPlan, Subject, measure_rounds, pinned, rows
+from validate.timing.latency import RoundPlan, Subject, measure_rounds, pinned, rows, speedups
 from validate.report.text import title
 from validate.runners.base import RunnerFailed
 from validate.runners.ort import CPU, CpuRunner
@@ -125,7 +125,40 @@ def evaluate(folder: Path, test_images: np.ndarray, labels: np.ndarray,
         result[precision]["latency"] = rows_
         if precision in errors:
             result[precision]["latency_error"] = errors[precision]
+    for precision in PRECISIONS:
+        entry = result[precision]
+        entry["speed"] = speed(result["fp32"]["latency"], entry["latency"])
+        entry["slower_than_fp32"] = [s["batch_size"] for s in entry["speed"] if s["slower"]]
     return result
+
+
+def speed(fp32_rows: list[dict], variant_rows: list[dict]) -> list[dict]:
+    """Per batch size, the variant's speed-up over FP32 (FP32 p50 / variant p50, > 1: faster),
+    round by round as validate.timing.latency.speedups pairs them: median, range and the
+    fastest rounds' ratio. `slower` when both the median and the fastest-rounds ratio are
+    below 1: slower in the typical round and in the undisturbed one, not by noise alone."""
+    paired = speedups(fp32_rows + [dict(r, runner="variant") for r in variant_rows])
+    return [{"batch_size": s["batch_size"], "speedup": s["speedup"],
+             "speedup_min": s["speedup_min"], "speedup_max": s["speedup_max"],
+             "speedup_best": s["speedup_best"], "rounds": s["rounds"], "noisy": s["noisy"],
+             "slower": s["speedup"] < 1 and s["speedup_best"] < 1} for s in paired]
+
+
+def speed_text(entry: dict) -> str:
+    """'batch 1 0.51x (0.45-0.55), batch 256 0.32x (0.30-0.35)': the speed-up per batch."""
+    return ", ".join(f"batch {s['batch_size']} {s['speedup']:.2f}x ({s['speedup_min']:.2f}-"
+                     f"{s['speedup_max']:.2f} over {s['rounds']} rounds)"
+                     for s in entry.get("speed", []))
+
+
+def warnings(framework: str, result: dict) -> list[str]:
+    """One line per variant slower than FP32 (a warning, not a failure: the gate is
+    accuracy), with the figures."""
+    return [f"warning: {framework} {precision.upper()} ({result[precision]['file']}) is slower "
+            f"than FP32 in onnxruntime CPU, {result['threads']} thread: "
+            f"{speed_text(result[precision])}"
+            for precision in PRECISIONS
+            if result.get(precision, {}).get("slower_than_fp32")]
 
 
 def failures(framework: str, result: dict) -> list[str]:
@@ -162,6 +195,15 @@ def _p50(entry: dict, batch: int) -> str:
     return text
 
 
+def _speed_cell(entry: dict) -> str:
+    """Speed-up per batch size, SLOWER where the variant loses to FP32."""
+    if not entry.get("speed"):
+        return "n/a"
+    return "; ".join(f"b{s['batch_size']} {s['speedup']:.2f}x ({s['speedup_min']:.2f}-"
+                     f"{s['speedup_max']:.2f})" + (" SLOWER" if s["slower"] else "")
+                     for s in entry["speed"])
+
+
 def markdown(results: dict[str, dict]) -> list[str]:
     """The report's section: one table, every model at every precision."""
     calibration = next((r["int8"]["calibration"] for r in results.values()
@@ -181,12 +223,12 @@ def markdown(results: dict[str, dict]) -> list[str]:
              "x86 CPU onnxruntime runs the FP16 graph in float32 with float16-rounded weights "
              "(no float16 kernels there).", "",
              "| model | precision | file | accuracy | Δ vs FP32 | top-1 agreement with FP32 | "
-             "max abs diff vs FP32 | latency b1 | latency b256 | gate |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "max abs diff vs FP32 | latency b1 | latency b256 | speed-up vs FP32 | gate |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for fw, r in results.items():
         f = r["fp32"]
         lines.append(f"| {title(fw)} | FP32 | {f['bytes'] / 1024:.0f} KiB | "
-                     f"{f['accuracy']:.4f} | | | | {_p50(f, 1)} | {_p50(f, 256)} | |")
+                     f"{f['accuracy']:.4f} | | | | {_p50(f, 1)} | {_p50(f, 256)} | | |")
         for precision in PRECISIONS:
             e = r.get(precision)
             if not e:
@@ -198,7 +240,8 @@ def markdown(results: dict[str, dict]) -> list[str]:
                 f"| {title(fw)} | {precision.upper()} | {e['bytes'] / 1024:.0f} KiB | "
                 f"{e['accuracy']:.4f} | {e['delta_points']:+.2f} points | "
                 f"{e['top1_agreement']:.2%} ({e['disagreements']} differ) | {diff} | "
-                f"{_p50(e, 1)} | {_p50(e, 256)} | {gate} |")
+                f"{_p50(e, 1)} | {_p50(e, 256)} | {_speed_cell(e)} | {gate} |")
+    lines += [f"- **{line}**" for fw, r in results.items() for line in warnings(fw, r)]
     lines += [f"- {title(fw)} {p.upper()}: latency not timed: {r[p]['latency_error']}"
               for fw, r in results.items() for p in ("fp32", *PRECISIONS)
               if "latency_error" in r.get(p, {})]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from validate.report import consumers
 from validate.report.text import NO_LATENCY, cell, percent, title
-from validate.report.verdict import errors, failures
+from validate.report.verdict import errors, failures, warnings
 
 def _lat(model: dict, runner: str | None, batch: int, threads: int) -> dict | None:
     """The latency row of one runner (None: the native framework) at a batch and threads."""
@@ -229,6 +230,12 @@ def markdown(report: dict) -> str:
     out = _verdict_lines(report)
     out += main_table(report)
     out += _conversion_lines(report)
+    table = consumers.markdown(report)
+    if table:
+        out += ["", "## Consumers: who loads the shipped file as it is", "",
+                "Each lenet5.onnx, byte for byte the file SHA256SUMS covers, in every runtime "
+                "and converter that took it (a failure on figures still loaded the file).", ""]
+        out += table
     out += _cross_framework_lines(report)
     out += _parity_lines(report)
     out += _layer_lines(report)
@@ -256,6 +263,8 @@ def _verdict_lines(report: dict) -> list[str]:
            for label, m in report["models"].items() if "error" in m] + failures(report)
     if bad:  # why, first: the lines stderr had (a list, then a blank line before the table)
         out += ["**Failures**", ""] + [f"- {line}" for line in bad] + [""]
+    if warnings(report):
+        out += ["**Warnings**", ""] + [f"- {line}" for line in warnings(report)] + [""]
     return out
 
 
@@ -365,6 +374,8 @@ def summary(report: dict) -> str:
     bad = errors(report) + failures(report)
     if bad:
         out += ["", "**Failures**", ""] + [f"- {line}" for line in bad]
+    if warnings(report):
+        out += ["", "**Warnings**", ""] + [f"- {line}" for line in warnings(report)]
     unavailable = sorted({name for m in report["models"].values()
                           for name, r in m.get("runtimes", {}).items()
                           if r["status"] == "unavailable"})

@@ -42,7 +42,7 @@ table.wide td{word-break:break-all}
  border-radius:6px;color:#fff;margin:.3em 0}
 .verdict.pass{background:#1e8e3e}.verdict.fail{background:#c5221f}
 .ok{color:#1e8e3e}.ko{color:#c5221f}.muted{color:#6b7380}
-ul.bad{color:#c5221f}.missing{color:#9a6700;background:#fff8e1;padding:.3em .6em;
+ul.bad{color:#c5221f}ul.warn{color:#9a6700}.missing{color:#9a6700;background:#fff8e1;padding:.3em .6em;
  border-left:3px solid #f2c744}
 .none{color:#1e8e3e;font-weight:600}.note{color:#5b6472;font-size:.9em}
 figure{margin:.6em 0}figure img{max-width:100%;height:auto;display:block}

@@ -8,13 +8,14 @@ import shlex
 from html import escape
 from typing import Callable
 
+from validate.report import consumers
 from validate.report.context import (
     Context, confusion, flips, hist_runtimes, latency_label, one_line, per_class, title)
 from validate.report.figures import MAX_FLIP_IMAGES, RC, make_figure, render_figure
 from validate.report.markdown import best_cell, latency_conditions, main_table, spread_cell
 from validate.report.markup import Raw, cell_text, details, generic, missing, table
 from validate.report.text import NO_LATENCY, percent
-from validate.report.verdict import errors, failures
+from validate.report.verdict import errors, failures, warnings
 
 DEFAULT_COMMAND = "python -m convert all"
 
@@ -52,12 +53,14 @@ def sec_verdict(ctx: Context) -> str:
            f'images, top-1 agreement &ge; {percent(tol.get("min_agreement", 1.0))}, '
            f"accuracy equal, batch-invariant, deterministic.</p>"]
     try:
-
-        bad = errors(r) + failures(r)
+        bad, warned = errors(r) + failures(r), warnings(r)
     except Exception as exc:  # an unexpected report shape: say it, keep the page
-        bad = [f"(failures could not be listed: {one_line(exc)})"]
+        bad, warned = [f"(failures could not be listed: {one_line(exc)})"], []
     if bad:
         out.append("<ul class=\"bad\">" + "".join(f"<li>{escape(b)}</li>" for b in bad)
+                   + "</ul>")
+    if warned:
+        out.append("<ul class=\"warn\">" + "".join(f"<li>{escape(w)}</li>" for w in warned)
                    + "</ul>")
     for fw, m in ctx.models.items():
         if "error" in m:
@@ -315,6 +318,18 @@ def sec_models(ctx: Context) -> str:
     return table([""] + [title(fw) for fw in fws], rows, "kv wide")
 
 
+def sec_consumers(ctx: Context) -> str:
+    """Per shipped lenet5.onnx, the consumers that load it as it is."""
+    models = {fw: consumers.consumers(m) for fw, m in ctx.models.items()
+              if "error" not in m and m.get("kind") == "lenet5"}
+    if not models:
+        return missing("no LeNet-5 model was validated: no consumers table")
+    names = list(dict.fromkeys(n for t in models.values() for n in t))
+    return table(["consumer"] + [title(fw) for fw in models], [
+        [name] + [consumers.state_text(*models[fw].get(name, (consumers.NOT_RUN, "")))
+                  for fw in models] for name in names])
+
+
 def sec_runtimes(ctx: Context) -> str:
     """Every runtime, what it is, its tolerance, and whether it ran here."""
     runners = ctx.report.get("runners") or {}
@@ -374,6 +389,7 @@ SECTIONS: list[tuple[str, str, Callable[[Context], str]]] = [
     ("latency", "Latency", sec_latency),
     ("flips", "Flipped images", sec_flips),
     ("conversion", "Conversion matrix", sec_conversion),
+    ("consumers", "Consumers of the shipped files", sec_consumers),
     ("precision", "Quantized models", _model_part("precision", "quantized models")),
     ("layers", "Per-layer diagnosis", _model_part("layers", "per-layer diagnosis")),
     ("models", "Models", sec_models),

@@ -62,6 +62,14 @@ def layer_clause(result: dict) -> str:
             "images")
 
 
+def warnings(report: dict) -> list[str]:
+    """Lines that do not fail the run but a deployer must see: a quantized variant slower
+    than the FP32 model it would replace."""
+    return [line for label, m in report["models"].items()
+            if "precision" in m and "error" not in m["precision"]
+            for line in precision.warnings(label, m["precision"])]
+
+
 def exit_status(report: dict) -> int:
     """2 if any model could not be validated, else 1 if any check failed, else 0."""
     if errors(report):
