@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from train.core import contract as onnx_utils
-from tests.conftest import error_lines, run
+from tests.conftest import error_lines, python, run
 from train import data
 from validate.runners import OnnxRunner
 
@@ -99,3 +99,44 @@ def test_missing_or_corrupt_checkpoint_is_one_line_exit_2(artifacts_copy, framew
     proc = run("convert", "export", framework, "--artifacts", str(artifacts_copy))
     assert proc.returncode == 2 and error_lines(proc) == [
         f"error: {path}: missing; run `python -m convert train {framework}` first"]
+
+
+def test_shipped_files_load_unchanged_in_onnx2torch(quick_artifacts):
+    """Each lenet5.onnx as shipped (no patch: allowzero cleared at export, where it has no
+    effect) converts with onnx2torch and gives the native probabilities."""
+    code = (
+        "import sys, numpy as np, onnx, torch\n"
+        "from onnx2torch import convert\n"
+        "from train import data\n"
+        "x = torch.from_numpy(data.to_float(data.load_test()[0][:512]))\n"
+        "for fw in ('torch', 'tf'):\n"
+        f"    folder = {str(quick_artifacts)!r} + '/' + fw\n"
+        "    model = onnx.load(folder + '/lenet5.onnx')\n"
+        "    assert not [a for n in model.graph.node for a in n.attribute\n"
+        "                if a.name == 'allowzero' and a.i == 1], fw\n"
+        "    with torch.inference_mode():\n"
+        "        got = convert(model).eval()(x).numpy()\n"
+        "    want = np.load(folder + '/reference.npz')['probabilities'][:512]\n"
+        "    print(fw, float(np.abs(got - want).max()))\n")
+    proc = python(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    diffs = dict(line.split() for line in proc.stdout.splitlines() if line.startswith(("torch", "tf")))
+    assert set(diffs) == {"torch", "tf"} and all(float(d) <= 1e-5 for d in diffs.values()), diffs
+
+
+def test_every_consumer_loads_the_shipped_files(quick_artifacts):
+    """The consumers table: every runtime that can run here and both round trips took each
+    lenet5.onnx as it is."""
+    from validate.report import consumers
+
+    report = json.loads((quick_artifacts / "report.json").read_text())
+    for fw in ("torch", "tf"):
+        table = consumers.consumers(report["models"][fw])
+        assert {"onnxruntime-cpu", "onnx-reference", "openvino-cpu", "tract", "onnx2torch",
+                "onnx2tf"} <= set(table)
+        assert table["onnx2torch"] == ("loads", "") and table["onnx2tf"] == ("loads", "")
+        assert all(state in ("loads", "unavailable") for state, _ in table.values()), table
+        assert consumers.all_load(report["models"][fw])
+    md = (quick_artifacts / "report.md").read_text()
+    assert "## Consumers: who loads the shipped file as it is" in md
+    assert "| onnx2torch | loads | loads |" in md
