@@ -177,9 +177,14 @@ def _test(args: argparse.Namespace) -> int:
                 for a in args.pytest_args)
     paths = [] if named else [str(tests)]
     rest = [a for a in args.pytest_args if a != "--fast"]
-    # The fast tier (tests/conftest.py) on two workers: its tests mostly wait on subprocesses.
-    tier = ["-m", "fast", "-n", "2"] if len(rest) < len(args.pytest_args) else []
-    return subprocess.run([sys.executable, "-m", "pytest", *paths, *tier, *rest],
+    tier = ["-m", "fast"] if len(rest) < len(args.pytest_args) else []  # tests/conftest.py
+    # Two workers (pytest-xdist): most tests wait on the subprocesses they start, and the
+    # quick pipeline is run once for both (tests/conftest.py). Not when collecting only, or
+    # when the caller chose the workers.
+    own = any(a.startswith(("-n", "--numprocesses", "--collect-only", "--co", "-p"))
+              for a in rest)
+    workers = [] if own else ["-n", "2"]
+    return subprocess.run([sys.executable, "-m", "pytest", *paths, *tier, *workers, *rest],
                           cwd=tests.parent).returncode
 
 

@@ -9,6 +9,7 @@ subprocess, as in the toolkit (importing torchvision after TensorFlow has run se
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -69,9 +70,19 @@ def quick_artifacts(tmp_path_factory) -> Path:
     """
     if os.environ.get("LENET5_TEST_ARTIFACTS"):
         return Path(os.environ["LENET5_TEST_ARTIFACTS"])
-    artifacts = tmp_path_factory.mktemp("quick") / "artifacts"
-    proc = run("convert", "all", "--quick", "--artifacts", str(artifacts))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # Under pytest-xdist every worker has its own session: the first to get here runs the
+    # pipeline, the others wait on the lock and reuse its folder (the workers' common root).
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    artifacts, done = root / "quick" / "artifacts", root / "quick" / "passed"
+    artifacts.parent.mkdir(parents=True, exist_ok=True)
+    with open(root / "quick.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            proc = run("convert", "all", "--quick", "--artifacts", str(artifacts))
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            done.touch()
     return artifacts
 
 

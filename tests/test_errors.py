@@ -122,6 +122,13 @@ def test_an_unavailable_runtime_named_on_the_command_line_stops_convert_all_at_o
     assert "== train" not in proc.stdout  # before any stage
 
 
+def test_convert_test_fast_selects_the_fast_tier():
+    proc = run("convert", "test", "--fast", "tests/test_pipeline.py", "--collect-only", "-q")
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    ids = [line for line in proc.stdout.splitlines() if "::" in line]
+    assert ids == ["tests/test_pipeline.py::test_bad_flags_are_exit_2"], ids
+
+
 def test_convert_test_runs_only_the_tests_named():
     proc = run("convert", "test", "tests/test_errors.py", "--collect-only", "-q")
     assert proc.returncode == 0, proc.stdout[-2000:]
