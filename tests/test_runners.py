@@ -7,8 +7,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -205,9 +208,19 @@ def _litter(home, tmp) -> list[str]:
                     or p.name.startswith("mat-debug-")]
 
 
-def test_onnxruntime_telemetry_is_off_and_leaves_nothing(quick_artifacts, data_dir, tmp_path):
+def test_onnxruntime_telemetry_is_off_and_leaves_nothing(quick_artifacts, data_dir):
     from tests.conftest import ROOT
 
+    # A short private folder: the validator's forkserver listens on a socket under TMPDIR, and
+    # an AF_UNIX path holds at most 107 bytes (pytest-xdist's tmp_path is longer than that).
+    base = Path(tempfile.mkdtemp(prefix="tel", dir="/tmp"))
+    try:
+        _telemetry_runs(quick_artifacts, data_dir, base, ROOT)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _telemetry_runs(quick_artifacts, data_dir, tmp_path, ROOT) -> None:
     model = str(quick_artifacts / "torch" / "lenet5.onnx")
     left = {}
     for setting in ("1", None, "0"):  # None: the toolkit's default; "0": the user opted in
