@@ -121,3 +121,22 @@ def test_external_data_must_stay_in_the_models_folder(tmp_path):
         assert error_lines(proc) == [
             f"error: {path}: tensor 'w' keeps its data at {location!r}, outside the model's "
             "folder; refused"], location
+
+
+def test_a_temporary_folder_too_long_for_the_process_socket_is_one_line(tmp_path):
+    """The validator's forkserver socket lives under TMPDIR: a path past the AF_UNIX limit is
+    the user's to change, said in one line (exit 2), not a traceback."""
+    from onnx import TensorProto, helper
+
+    long_tmp = tmp_path / ("t" * 90)
+    long_tmp.mkdir()
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = tmp_path / "identity.onnx"
+    model.write_bytes(helper.make_model(graph).SerializeToString())
+    proc = run("validate", str(model), "--runtimes", "cpu", "--no-latency",
+               env={"TMPDIR": str(long_tmp)})
+    lines = error_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith(f"error: {long_tmp}: the temporary folder's path is too long")

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import resource
 import signal
 import subprocess
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -138,9 +140,20 @@ def _child(conn, memory_mb: int, fn: Callable, args: tuple) -> None:
 _CTX = None
 
 
+# The forkserver listens on TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX, and an AF_UNIX socket path
+# holds at most 107 bytes: a longer TMPDIR is the user's to change, said in one line.
+SOCKET_PATH_MAX, SOCKET_SUFFIX = 107, len("/pymp-xxxxxxxx/listener-xxxxxxxx")
+
+
 def _context():
     global _CTX
     if _CTX is None:
+        tmp = tempfile.gettempdir()
+        if len(os.fsencode(tmp)) + SOCKET_SUFFIX > SOCKET_PATH_MAX:
+            raise ToolkitError(f"{tmp}: the temporary folder's path is too long for the "
+                               f"validator's process socket (at most "
+                               f"{SOCKET_PATH_MAX - SOCKET_SUFFIX} bytes); set TMPDIR to a "
+                               "shorter folder")
         _CTX = multiprocessing.get_context("forkserver")
         _CTX.set_forkserver_preload(["validate.worker"])
     return _CTX
