@@ -35,7 +35,7 @@ def run_contract_runner(key: str, path: Path, images: np.ndarray,
     cls = runner_class(key)
     out = RunnerOutput(key, cls.name, opts.tolerances.for_runner(key, cls.tolerance),
                        cls.description, cls.exact)
-    reason = cls.availability()
+    reason = opts.unavailable.get(key, "")  # decided once, in the parent (Options)
     if reason:
         out.status, out.reason = "unavailable", reason
         return out
@@ -293,7 +293,7 @@ def _judge_by_test_sets(key: str, path: Path, sets: list[art.TestDataSet], opts:
                 RunnerOutput(key, cls.name, tol, cls.description, cls.exact, "unavailable",
                              reason))
 
-    reason = cls.availability()
+    reason = opts.unavailable.get(key, "")  # decided once, in the parent (Options)
     if reason:
         return unavailable(reason)
     try:
