@@ -146,9 +146,13 @@ def speed(fp32_rows: list[dict], variant_rows: list[dict]) -> list[dict]:
 
 def speed_text(entry: dict) -> str:
     """'batch 1 0.51x (0.45-0.55), batch 256 0.32x (0.30-0.35)': the speed-up per batch."""
-    return ", ".join(f"batch {s['batch_size']} {s['speedup']:.2f}x ({s['speedup_min']:.2f}-"
-                     f"{s['speedup_max']:.2f} over {s['rounds']} rounds)"
+    return ", ".join(f"batch {s['batch_size']} {_speedup(s)} over {s['rounds']} rounds)"
                      for s in entry.get("speed", []))
+
+
+def _speedup(s: dict) -> str:
+    """'0.51x (0.45-0.55': one batch size's median speed-up and the start of its range."""
+    return f"{s['speedup']:.2f}x ({s['speedup_min']:.2f}-{s['speedup_max']:.2f}"
 
 
 def warnings(framework: str, result: dict) -> list[str]:
@@ -199,8 +203,7 @@ def _speed_cell(entry: dict) -> str:
     """Speed-up per batch size, SLOWER where the variant loses to FP32."""
     if not entry.get("speed"):
         return "n/a"
-    return "; ".join(f"b{s['batch_size']} {s['speedup']:.2f}x ({s['speedup_min']:.2f}-"
-                     f"{s['speedup_max']:.2f})" + (" SLOWER" if s["slower"] else "")
+    return "; ".join(f"b{s['batch_size']} {_speedup(s)})" + (" SLOWER" if s["slower"] else "")
                      for s in entry["speed"])
 
 

@@ -52,16 +52,28 @@ def state_text(state: str, reason: str) -> str:
     return f"{state}: {reason}" if reason else state
 
 
+def rows(models: dict[str, dict]) -> list[list[str]]:
+    """One row per consumer (its name, then one cell per model of `models`: label -> its
+    report entry), for both reports; [] when no LeNet-5 model was validated."""
+    tables = {label: consumers(m) for label, m in models.items()
+              if "error" not in m and m.get("kind") == "lenet5"}
+    names = list(dict.fromkeys(n for table in tables.values() for n in table))
+    return [[name] + [state_text(*tables[label].get(name, (NOT_RUN, "")))
+                      for label in tables] for name in names]
+
+
+def labels(models: dict[str, dict]) -> list[str]:
+    """The models `rows` has a column for, in order."""
+    return [label for label, m in models.items()
+            if "error" not in m and m.get("kind") == "lenet5"]
+
+
 def markdown(report: dict) -> list[str]:
     """The table for report.md: one row per consumer, one column per model ([] if none)."""
-    models = {label: consumers(m) for label, m in report["models"].items()
-              if "error" not in m and m.get("kind") == "lenet5"}
-    if not models:
+    table = rows(report["models"])
+    if not table:
         return []
-    names = list(dict.fromkeys(n for table in models.values() for n in table))
-    out = ["| consumer | " + " | ".join(title(label) for label in models) + " |",
-           "|---|" + "---|" * len(models)]
-    for name in names:
-        cells = [cell(state_text(*models[label].get(name, (NOT_RUN, "")))) for label in models]
-        out.append(f"| {name} | " + " | ".join(cells) + " |")
-    return out
+    columns = labels(report["models"])
+    out = ["| consumer | " + " | ".join(title(label) for label in columns) + " |",
+           "|---|" + "---|" * len(columns)]
+    return out + ["| " + " | ".join(cell(c) for c in row) + " |" for row in table]

@@ -320,14 +320,10 @@ def sec_models(ctx: Context) -> str:
 
 def sec_consumers(ctx: Context) -> str:
     """Per shipped lenet5.onnx, the consumers that load it as it is."""
-    models = {fw: consumers.consumers(m) for fw, m in ctx.models.items()
-              if "error" not in m and m.get("kind") == "lenet5"}
-    if not models:
+    rows = consumers.rows(ctx.models)
+    if not rows:
         return missing("no LeNet-5 model was validated: no consumers table")
-    names = list(dict.fromkeys(n for t in models.values() for n in t))
-    return table(["consumer"] + [title(fw) for fw in models], [
-        [name] + [consumers.state_text(*models[fw].get(name, (consumers.NOT_RUN, "")))
-                  for fw in models] for name in names])
+    return table(["consumer"] + [title(fw) for fw in consumers.labels(ctx.models)], rows)
 
 
 def sec_runtimes(ctx: Context) -> str:
