@@ -65,12 +65,28 @@ def _add_all(sub) -> None:
 
 
 def _add_export(sub) -> None:
-    e = sub.add_parser("export", help="export one trained model to ONNX, with references")
-    e.add_argument("framework", choices=FRAMEWORKS)
+    e = sub.add_parser("export", help="export a trained LeNet-5 (torch, tf) or any PyTorch / "
+                       "Keras model (MODEL_SPEC: package.module:callable or a .toml file, "
+                       "docs/byom.md) to ONNX, with references")
+    e.add_argument("framework", metavar="{torch,tf} | MODEL_SPEC")
     e.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     e.add_argument("--data-dir", default=None)
     e.add_argument("--threads", type=int, default=None,
                    help="intra-op threads for the native model (default: all cores)")
+    m = e.add_argument_group("a model spec (not torch / tf); flags override the spec file")
+    m.add_argument("--checkpoint", help="torch: a state_dict; Keras: .keras or .weights.h5")
+    m.add_argument("--inputs", help="fashion-mnist, a .npz / .npy file, or a folder of images")
+    m.add_argument("--out", type=Path, help="the export folder (default artifacts/NAME)")
+    m.add_argument("--count", type=int, help="how many inputs (default 256)")
+    m.add_argument("--input-shape", help="C,H,W of a PyTorch model's single image input")
+    m.add_argument("--layers", help="comma-separated modules / layers to map for diagnosis")
+    m.add_argument("--random-inputs", action="store_true",
+                   help="random inputs instead of real data (the report says so)")
+    m.add_argument("--seed", type=int, help="seed before the factory runs (default 0)")
+    m.add_argument("--name", help="the model's name (default: the callable's)")
+
+
+BYOM_FLAGS = ("checkpoint", "inputs", "out", "count", "input_shape", "layers", "seed", "name")
 
 
 def _add_twins(sub) -> None:
@@ -123,7 +139,25 @@ def _check_export_inputs(args: argparse.Namespace) -> None:
     args.data_dir = str(data.ensure_files(args.data_dir))
 
 
+def _export_model(args: argparse.Namespace) -> int:
+    """`convert export MODEL_SPEC`: any PyTorch / Keras model (convert.byom)."""
+    from convert.byom.export import export_model
+    from train.core.spec import load_spec, with_flags
+
+    check_threads(args.threads)
+    spec = with_flags(load_spec(args.framework), checkpoint=args.checkpoint, inputs=args.inputs,
+                      count=args.count, input_shape=args.input_shape, layers=args.layers,
+                      random=args.random_inputs, seed=args.seed, name=args.name)
+    export_model(spec, args.out, args.data_dir, args.threads)
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
+    given = [f for f in BYOM_FLAGS if getattr(args, f) is not None] + (
+        ["random_inputs"] if args.random_inputs else [])
+    if given:
+        raise ToolkitError(f"--{given[0].replace('_', '-')} is for a model spec, not the "
+                           f"built-in {args.framework} LeNet-5")
     _check_export_inputs(args)
     _framework(args.framework)
     if args.framework == "torch":
@@ -197,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
                         limit=args.limit)
         train_run(args.framework, recipe, args.data_dir, args.artifacts, threads=args.threads)
         return 0
+    if args.command == "export" and args.framework not in FRAMEWORKS:
+        return _export_model(args)
     if args.command == "export":
         with shared_lock(args.artifacts, f"the {args.framework} export"):
             return _export(args)
