@@ -4,9 +4,11 @@ validator's process).
 
     python -m convert.native_server {torch,tf} MODEL --threads N [--cores 0,1] [--data-dir D]
 
-The process pins itself to `--cores` and fixes the framework's thread pools (`N` intra-op,
-1 inter-op) before the framework is imported, loads the model and the latency images (the
-first 256 test images), then answers JSON lines on stdin/stdout:
+MODEL is LeNet-5's model.pt / model.keras, or a model export's folder (docs/byom.md: spec.json,
+the weights, inputs.npz), rebuilt by convert.byom.native.load_native. The process pins itself
+to `--cores` and fixes the framework's thread pools (`N` intra-op, 1 inter-op) before the
+model is built, loads the model and its latency inputs (LeNet-5: the first 256 test images;
+a model export: the first rows of its inputs.npz), then answers JSON lines on stdin/stdout:
 
     -> {"op": "time", "batch": 32, "plan": {TimingPlan fields}}
     <- {"ok": true, "times": [ms, ...], "start": t0, "end": t1}   (time.monotonic())
@@ -34,26 +36,70 @@ SIDES = {"torch": "convert.export.from_torch", "tf": "convert.export.from_tf"}
 
 def _parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m convert.native_server",
-                       description="time a native LeNet-5 model on request")
+                       description="time a native model on request")
     p.add_argument("framework", choices=sorted(SIDES))
-    p.add_argument("model", help="model.pt or model.keras")
+    p.add_argument("model", help="model.pt, model.keras, or a model export's folder")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cores", default="", help="comma-separated cores to pin to")
     p.add_argument("--data-dir", default=None)
     return p
 
 
+def _lenet_model(args: argparse.Namespace):
+    """LeNet-5's checkpoint: (runtime, version, prepare(batch) -> a no-argument call)."""
+    import importlib
+
+    from convert.export import reference
+
+    side = importlib.import_module(SIDES[args.framework])
+    runtime, version, prepare = side.native_model(Path(args.model), args.threads)
+    images = reference.latency_images(args.data_dir)
+    return runtime, version, lambda batch: prepare(images[:batch])
+
+
+def _pin_threads(framework: str, threads: int) -> tuple[str, str]:
+    """The framework imported with `threads` intra-op threads and 1 inter-op thread (before
+    any model is built); its runtime name and version."""
+    if framework == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        torch.set_num_interop_threads(1)
+        return "torch", torch.__version__
+    from train.quiet import import_tensorflow
+
+    tf = import_tensorflow()
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    return "tensorflow", tf.__version__
+
+
+def _export_model(args: argparse.Namespace):
+    """A model export's folder: the native model rebuilt from its spec.json and weights, fed
+    the first rows of its inputs.npz; (runtime, version, prepare(batch) -> a call)."""
+    from convert.byom.native import load_native
+    from train.core.fileio import read_npz
+
+    folder = Path(args.model)
+    runtime, version = _pin_threads(args.framework, args.threads)
+    framework, run = load_native(folder)
+    if framework != args.framework:
+        raise ToolkitError(f"{folder}: a {framework} model, not {args.framework}")
+    feeds = read_npz(folder / "inputs.npz")
+
+    def prepare(batch: int):
+        part = {k: v[:batch] for k, v in feeds.items()}
+        return lambda: run(part)
+
+    return runtime, version, prepare
+
+
 def serve(args: argparse.Namespace, reply) -> int:
     if args.cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {int(c) for c in args.cores.split(",")})
     try:
-        import importlib
-
-        from convert.export import reference
-
-        side = importlib.import_module(SIDES[args.framework])
-        runtime, version, prepare = side.native_model(Path(args.model), args.threads)
-        images = reference.latency_images(args.data_dir)
+        runtime, version, prepare = (_export_model if Path(args.model).is_dir()
+                                     else _lenet_model)(args)
         calls: dict[int, object] = {}
     except ToolkitError as exc:  # the toolkit's own one-line reason (a damaged model file…)
         reply({"ok": False, "error": str(exc)})
@@ -72,7 +118,7 @@ def serve(args: argparse.Namespace, reply) -> int:
         try:
             batch = int(request["batch"])
             if batch not in calls:
-                calls[batch] = prepare(images[:batch])
+                calls[batch] = prepare(batch)
             plan = TimingPlan(**request["plan"])
             start = time.monotonic()
             times = time_calls(calls[batch], plan)

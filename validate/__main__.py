@@ -1,11 +1,13 @@
-"""`python -m validate [ARTIFACTS | MODEL.onnx]`: parity, accuracy and latency of ONNX models
-in every runtime that can run here.
+"""`python -m validate [ARTIFACTS | MODEL.onnx | EXPORT_DIR]`: parity, accuracy and latency of
+ONNX models in every runtime that can run here.
 
 An artifacts folder: both frameworks' models against their native references. One ONNX
 file: a LeNet-5 model of this toolkit is checked against its contract and metadata, the
 test_data_set_* folders beside it and, when present, the reference.npz beside it; any other
-ONNX model against the outputs stored in its test_data_set_* folders. Each model runs in a
-child process with a memory and a time limit.
+ONNX model against the outputs stored in its test_data_set_* folders. A model export of
+`python -m convert export MODEL_SPEC --out DIR` (spec.json beside model.onnx), or a folder of
+several: every output against the native model's, in every runtime (docs/byom.md). Each model
+runs in a child process with a memory and a time limit.
 
 Needs onnxruntime and numpy only (plus Node.js and Chromium for those runtimes). Exit status:
 0 passed, 1 failed, 2 bad input (or a model past its limits), 3 a crash.

@@ -112,7 +112,8 @@ def add_validate_args(p: argparse.ArgumentParser, positional: bool) -> None:
     d, lim = Tolerances(), Limits()
     if positional:
         p.add_argument("target", nargs="?", type=Path, default=Path("artifacts"),
-                       help="artifacts folder (default artifacts/) or one .onnx file")
+                       help="artifacts folder (default artifacts/), one .onnx file, or a "
+                            "model export's folder (docs/byom.md)")
         p.add_argument("--frameworks", type=frameworks_arg, default=FRAMEWORKS,
                        help="comma-separated subset of torch,tf (default both)")
         p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (test images)")

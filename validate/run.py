@@ -19,6 +19,7 @@ from train.core.errors import ArtifactError, ToolkitError
 from train.core.fileio import append_text
 from train.core.lock import shared_lock
 from validate import sandbox, worker
+from validate.model.folder import MODEL, is_spec_folder, scaled_limits, spec_folders
 from validate.options import Options
 from validate.report import markdown, verdict
 from validate.report.write import write
@@ -60,7 +61,9 @@ def environment() -> dict:
 
 
 def plan(target: Path, frameworks: tuple[str, ...]) -> list[tuple[str, Path, bool]]:
-    """(label, model file, reference required) for each model to validate."""
+    """(label, model file, reference required) for each model to validate: one ONNX file, one
+    model export (spec.json + model.onnx), or a folder holding LeNet-5's torch/ and tf/
+    and/or model exports."""
     if target.is_file() or target.suffix == ".onnx":
         if not target.exists():
             raise ArtifactError(f"{target}: no such file")
@@ -69,7 +72,13 @@ def plan(target: Path, frameworks: tuple[str, ...]) -> list[tuple[str, Path, boo
     if not target.is_dir():
         raise ArtifactError(f"{target}: no artifacts folder; run `python -m convert all` "
                             "first")
+    if is_spec_folder(target):  # one model export (docs/byom.md)
+        return [(target.resolve().name, target / MODEL, False)]
     models = [(fw, target / fw / MODEL_FILE, True) for fw in frameworks]
+    exports = [(f.name, f / MODEL, False) for f in spec_folders(target)]
+    if exports and not any(path.exists() for _, path, _ in models):
+        return exports
+    models += exports  # an artifacts folder that also holds model exports: all of them
     if not any(path.exists() for _, path, _ in models):
         raise ArtifactError(f"{target}: no exported model ("
                             + ", ".join(f"{fw}/{MODEL_FILE}" for fw in frameworks)
@@ -84,8 +93,12 @@ def validate(target: Path, frameworks: tuple[str, ...], opts: Options,
     for label, path, required in plan(target, frameworks):
         print(f"[validate] {label}: {path} in {', '.join(opts.runtimes)}", flush=True)
         try:
+            lim = (scaled_limits(limits, path.stat().st_size)
+                   if is_spec_folder(path.parent) else limits)
             models[label] = sandbox.run_contained(worker.validate_file,
-                                                  (path, opts, required), limits, str(path))
+                                                  (path, opts, required), lim, str(path))
+            if lim != limits:
+                models[label]["limits"] = asdict(lim)
         except ToolkitError as exc:
             models[label] = {"error": str(exc), "passed": False}
     report = {"schema_version": SCHEMA_VERSION,

@@ -22,6 +22,8 @@ from validate.compare import conversion, precision
 from validate.compare import parity as par
 from validate.compare.judge import INVARIANCE_IMAGES, RunnerOutput, confusion, judge
 from validate.diagnose import layers
+from validate.model.flow import validate_model
+from validate.model.folder import MODEL, is_spec_folder
 from validate.options import Options
 from validate.runners import RunnerFailed, RunnerUnavailable, runner_class
 from validate.timing import latency as lat
@@ -350,15 +352,18 @@ def validate_foreign(path: Path, opts: Options, model: onnx.ModelProto | None = 
 
 
 def validate_file(path: Path, opts: Options, reference_required: bool = False) -> dict:
-    """Entry point of the child: a contract model or any other ONNX model, and the
-    SHA256SUMS beside it when there is one."""
-    model = art.load_model(path)
-    if art.follows_contract(model):
-        result = validate_lenet(path, opts, reference_required, model)
+    """Entry point of the child: a model export (spec.json beside it, docs/byom.md), a
+    contract model or any other ONNX model, and the SHA256SUMS beside it when there is one."""
+    if path.name == MODEL and is_spec_folder(path.parent):
+        result = validate_model(path, opts)
     else:
-        if reference_required:
-            art.check_contract(model, path)  # raises: an artifacts folder holds contract models
-        result = validate_foreign(path, opts, model)
+        model = art.load_model(path)
+        if art.follows_contract(model):
+            result = validate_lenet(path, opts, reference_required, model)
+        else:
+            if reference_required:
+                art.check_contract(model, path)  # raises: an artifacts folder holds contract models
+            result = validate_foreign(path, opts, model)
     integrity = art.check_sha256sums(path.parent)
     if integrity is not None:
         result["integrity"] = integrity

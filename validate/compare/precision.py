@@ -44,8 +44,10 @@ def has_variants(folder: Path) -> bool:
     return any((folder / variant_file(p)).is_file() for p in PRECISIONS)
 
 
-def _latency(paths: dict[str, Path], images: np.ndarray, quick: bool,
-             rounds: int | None) -> tuple[dict[str, list[dict]], dict[str, str]]:
+def time_precisions(paths: dict[str, Path], images: np.ndarray | dict[str, np.ndarray],
+                    quick: bool, rounds: int | None,
+                    batch_sizes: tuple[int, ...] = LATENCY_BATCHES
+                    ) -> tuple[dict[str, list[dict]], dict[str, str]]:
     """FP32 and the variants timed in interleaved rounds (validate.timing.latency), 1 thread, pinned:
     the rows per precision, and why a precision's timing stopped, where one did."""
     plan = RoundPlan.for_run(quick, rounds)
@@ -54,7 +56,7 @@ def _latency(paths: dict[str, Path], images: np.ndarray, quick: bool,
         for precision, path in paths.items():
             runner = stack.enter_context(CpuRunner(path, threads=THREADS))
             subjects[precision] = Subject("onnxruntime", CPU, THREADS, runner.timings)
-        measure_rounds(list(subjects.values()), images, plan, batch_sizes=LATENCY_BATCHES,
+        measure_rounds(list(subjects.values()), images, plan, batch_sizes=batch_sizes,
                        failures=(RunnerFailed,))
     return ({precision: rows(s, 0.0) for precision, s in subjects.items()},
             {precision: s.error for precision, s in subjects.items() if s.error})
@@ -119,7 +121,7 @@ def evaluate(folder: Path, test_images: np.ndarray, labels: np.ndarray,
         result["passed"] = result["passed"] and entry["passed"]
     if not latency:
         return result
-    timed, errors = _latency({"fp32": fp32_path} | {p: v[0] for p, v in variants.items()},
+    timed, errors = time_precisions({"fp32": fp32_path} | {p: v[0] for p, v in variants.items()},
                              test_images, quick, rounds)
     for precision, rows_ in timed.items():
         result[precision]["latency"] = rows_

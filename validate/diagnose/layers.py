@@ -185,9 +185,11 @@ def reference_layout(reference: Mapping[str, np.ndarray], layers: list[dict]) ->
     return with_native_layout(layers, str(np.asarray(reference["layer_layout"])))
 
 
-def run_layers(model: onnx.ModelProto, layers: list[dict], images: np.ndarray,
-               runner_key: str = "cpu") -> tuple[Runner, dict[str, np.ndarray]]:
-    """Run the graph with every mapped tensor as an output; return the runner and the values."""
+def run_layers(model: onnx.ModelProto, layers: list[dict],
+               images: np.ndarray | dict[str, np.ndarray], runner_key: str = "cpu"
+               ) -> tuple[Runner, dict[str, np.ndarray]]:
+    """Run the graph with every mapped tensor as an output; return the runner and the values.
+    `images` feeds the graph's one input, or is the named inputs of a model with several."""
     cls = runner_class(runner_key)
     if not cls.intermediates:
         raise ToolkitError(f"runner {runner_key!r} ({cls.name}) cannot return intermediate "
@@ -198,7 +200,8 @@ def run_layers(model: onnx.ModelProto, layers: list[dict], images: np.ndarray,
     tensors = [s["tensor"] for s in layers]
     augmented = with_outputs(model, tensors).SerializeToString()
     with cls(augmented) as runner:
-        values = runner.run({runner.input_names[0]: images}, outputs=tensors)
+        feeds = images if isinstance(images, dict) else {runner.input_names[0]: images}
+        values = runner.run(feeds, outputs=tensors)
     return runner, values
 
 

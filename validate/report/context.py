@@ -127,6 +127,8 @@ def latency_label(fw: str, row: dict) -> str:
     """A latency row's runtime: the runner's name, or "native (<framework>)"."""
     if "runner" in row:
         return row["runner"]
+    if fw not in NATIVE_RUNTIMES and row.get("runtime") in NATIVE_RUNTIMES.values():
+        return f"native ({row['runtime']})"  # a model export's native framework
     return f"native ({title(fw)})" if row.get("runtime") == NATIVE_RUNTIMES.get(fw) else str(
         row.get("runtime"))
 

@@ -185,8 +185,11 @@ def fig_parity(ctx: Context):
         ax.set_xticks(ticks, ["0"] + [f"1e{int(round(np.log10(t)))}" if t < 1 else "1"
                                       for t in ticks[1:]])
         ax.minorticks_off()
-        ax.set(title=f"{title(fw)}: |native - runtime| per probability",
-               xlabel="absolute difference (10 probabilities x 10,000 images)",
+        relative = ctx.models[fw].get("kind") == "model"  # outputs of any magnitude
+        ax.set(title=f"{title(fw)}: |native - runtime|" + (" / output magnitude" if relative
+                                                           else " per probability"),
+               xlabel=("relative difference (every value of every output)" if relative
+                       else "absolute difference (10 probabilities x 10,000 images)"),
                ylabel="count (symlog)")
         ax.legend(loc="center right")  # differences above 1e-4 are empty on a healthy run
     return fig

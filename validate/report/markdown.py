@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from validate.model import report as model_report
 from validate.report import consumers
 from validate.report.text import NO_LATENCY, cell, percent, title
 from validate.report.verdict import errors, failures, warnings
@@ -170,6 +171,8 @@ def runtime_rows(report: dict) -> list[str]:
            "result |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, m in report["models"].items():
+        if m.get("kind") == "model":  # its own table (validate.model.report)
+            continue
         for name, r in m.get("runtimes", {}).items():
             if r["status"] == "unavailable" or "parity" not in r:
                 what = ("unavailable: " if r["status"] == "unavailable" else "FAIL: ") + cell(
@@ -208,7 +211,7 @@ def noise_floor_lines(report: dict) -> list[str]:
     out = []
     for label, m in report["models"].items():
         nf = m.get("noise_floor")
-        if not nf:
+        if not nf or m.get("kind") == "model":  # per output, in validate.model.report
             continue
         if nf["exact_runner"] is None:
             out.append(f"- {title(label)}: no float64 reference ran; noise floor not measured")
@@ -238,6 +241,7 @@ def markdown(report: dict) -> str:
         out += table
     out += _cross_framework_lines(report)
     out += _parity_lines(report)
+    out += model_report.markdown_lines(report)
     out += _layer_lines(report)
     out += _precision_lines(report)
     floor = noise_floor_lines(report)
@@ -252,12 +256,28 @@ def markdown(report: dict) -> str:
     return "\n".join(out)
 
 
+def only_exports(report: dict) -> bool:
+    """Does the report hold model exports (docs/byom.md) and nothing else?"""
+    found = report.get("models") or {}
+    return bool(found) and all(m.get("kind") == "model" for m in found.values())
+
+
+def heading(report: dict) -> str:
+    """The page's title: LeNet-5's, or the model exports' names when the report holds only
+    those."""
+    if only_exports(report):
+        return f"ONNX exports of {', '.join(report['models'])}: parity, noise floor and latency"
+    return "LeNet-5 on Fashion-MNIST: TensorFlow vs PyTorch, and their ONNX exports"
+
+
 def _verdict_lines(report: dict) -> list[str]:
     """The title, the verdict and, first, why it failed."""
-    out = ["# LeNet-5 on Fashion-MNIST: TensorFlow vs PyTorch, and their ONNX exports", "",
+    what = ("on every output and real input" if only_exports(report) else
+            "on all test images")
+    out = [f"# {heading(report)}", "",
            f"**Verdict: {'PASSED' if report['passed'] else 'FAILED'}** "
-           f"(every available runtime within its tolerance of the native model on all test "
-           f"images, top-1 agreement >= {percent(report['tolerances']['min_agreement'])}, "
+           f"(every available runtime within its tolerance of the native model {what}, top-1 "
+           f"agreement >= {percent(report['tolerances']['min_agreement'])}, "
            "accuracy equal, batch-invariant, deterministic)", ""]
     bad = [f"**{title(label)}: not validated**: {m['error']}"
            for label, m in report["models"].items() if "error" in m] + failures(report)
@@ -298,6 +318,8 @@ def _cross_framework_lines(report: dict) -> list[str]:
 
 
 def _parity_lines(report: dict) -> list[str]:
+    if only_exports(report):  # their parity is per output (validate.model.report)
+        return []
     return ["", "## Parity per model and runtime", "",
             "Each runtime against the native framework's probabilities on all 10,000 test images "
             "(vs float64: against the ONNX reference implementation run in double precision). "
@@ -324,10 +346,11 @@ def _layer_lines(report: dict) -> list[str]:
 
 def _precision_lines(report: dict) -> list[str]:
     """The quantized variants' table, after a line per model whose variants were not evaluated."""
-    variants = {label: m["precision"] for label, m in report["models"].items()
+    lenet = {label: m for label, m in report["models"].items() if m.get("kind") != "model"}
+    variants = {label: m["precision"] for label, m in lenet.items()
                 if "precision" in m and "error" not in m["precision"]}
     out = [f"- {title(label)} quantized models not evaluated: {m['precision']['error']}"
-           for label, m in report["models"].items() if "error" in m.get("precision", {})]
+           for label, m in lenet.items() if "error" in m.get("precision", {})]
     if variants:
         from validate.compare import precision
 

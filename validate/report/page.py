@@ -19,6 +19,7 @@ from pathlib import Path
 
 from train.core.fileio import write_text
 from validate.report.context import Context, one_line
+from validate.report.markdown import heading as page_heading
 from validate.report.markup import missing
 from validate.report.sections import SECTIONS
 
@@ -58,17 +59,20 @@ table.generic td{max-width:26em;overflow-wrap:break-word}
 def render(report: dict, data_dir: str | None = None) -> str:
     """The whole page as a string (same report and data -> same bytes)."""
     ctx = Context(report, data_dir)
-    body = []
+    body, shown = [], []
     for anchor, heading, build in SECTIONS:
         try:
             inner = build(ctx)
         except Exception as exc:  # one broken section must not cost the others
             inner = missing(f"this section could not be drawn: {one_line(exc)}")
+        if inner is None:  # a section only some reports have (model exports)
+            continue
+        shown.append((anchor, heading))
         body.append(f'<section id="{anchor}"><h2>{escape(heading)}</h2>{inner}</section>')
     if ctx.notes:
         body.append('<section id="notes"><h2>Not shown</h2><ul>' + "".join(
             f"<li>{escape(n)}</li>" for n in dict.fromkeys(ctx.notes)) + "</ul></section>")
-    nav = "".join(f'<a href="#{a}">{escape(h.split(":")[0])}</a>' for a, h, _ in SECTIONS)
+    nav = "".join(f'<a href="#{a}">{escape(h.split(":")[0])}</a>' for a, h in shown)
     verdict = "PASSED" if report.get("passed") else "FAILED"
     head_title = f"LeNet-5 ONNX parity report: {verdict}"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -77,7 +81,7 @@ def render(report: dict, data_dir: str | None = None) -> str:
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
             "img-src data:; style-src 'unsafe-inline'\">"
             f"<title>{escape(head_title)}</title><style>{CSS}</style></head><body><main>"
-            "<h1>LeNet-5 on Fashion-MNIST: TensorFlow vs PyTorch, and their ONNX exports</h1>"
+            f"<h1>{escape(page_heading(report))}</h1>"
             f"<nav>{nav}</nav>" + "".join(body) + "</main></body></html>\n")
 
 

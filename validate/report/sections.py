@@ -8,6 +8,7 @@ import shlex
 from html import escape
 from typing import Callable
 
+from validate.model import report as model_report
 from validate.report import consumers
 from validate.report.context import (
     Context, confusion, flips, hist_runtimes, latency_label, one_line, per_class, title)
@@ -99,7 +100,9 @@ def sec_training(ctx: Context) -> str:
            if (ctx.models[fw].get("training") or {}).get("history")]
     for fw in ctx.ok_models():
         if fw not in fws:
-            out.append(missing(f"{title(fw)}: no training history in report.json "
+            out.append(missing(f"{title(fw)}: a model export: training curves are LeNet-5 only"
+                               if ctx.models[fw].get("kind") == "model" else
+                               f"{title(fw)}: no training history in report.json "
                                "(history.json missing or the model was not trained here)"))
     if fws:
         epochs = sorted({h["epoch"] for fw in fws for h in ctx.models[fw]["training"]["history"]})
@@ -130,7 +133,9 @@ def sec_confusion(ctx: Context) -> str:
     for fw in ctx.ok_models():
         conf = confusion(ctx.models[fw])
         if conf is None:
-            out.append(missing(f"{title(fw)}: no confusion matrix in report.json"))
+            out.append(missing(f"{title(fw)}: a model export: the confusion matrix is LeNet-5 "
+                               "only" if ctx.models[fw].get("kind") == "model" else
+                               f"{title(fw)}: no confusion matrix in report.json"))
             continue
         rows = [[names[i] if i < len(names) else i] + list(r) for i, r in enumerate(conf[1])]
         out.append(details(f"{title(fw)} confusion matrix ({conf[0]}) as numbers",
@@ -156,6 +161,8 @@ def sec_parity(ctx: Context) -> str:
                                       "the tolerance")]
     rows, reasons = [], {}
     for fw in ctx.ok_models():
+        if ctx.models[fw].get("kind") == "model":  # per output: its own section
+            continue
         for name, r in (ctx.models[fw].get("runtimes") or {}).items():
             if r.get("status") == "unavailable":
                 reasons[name] = r.get("reason", "")
@@ -382,6 +389,7 @@ SECTIONS: list[tuple[str, str, Callable[[Context], str]]] = [
     ("confusion", "Confusion matrices", sec_confusion),
     ("per-class", "Accuracy per class", sec_per_class),
     ("parity", "Parity: native vs ONNX, per runtime", sec_parity),
+    ("model-exports", "Models of your own: parity per output", model_report.html_section),
     ("latency", "Latency", sec_latency),
     ("flips", "Flipped images", sec_flips),
     ("conversion", "Conversion matrix", sec_conversion),

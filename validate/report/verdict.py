@@ -6,6 +6,7 @@ from __future__ import annotations
 from validate.compare import conversion, precision
 from validate.compare.judge import failure_reasons, integrity_clause
 from validate.diagnose import layers
+from validate.model import report as model_report
 
 def errors(report: dict) -> list[str]:
     """One `error: …` line per model that could not be validated (bad input, limits)."""
@@ -22,7 +23,11 @@ def failures(report: dict) -> list[str]:
 def model_failure(label: str, m: dict) -> str:
     """The one line for a model ('' when it passed)."""
     parts: list[str] = []
-    failed = [(name, r) for name, r in m.get("runtimes", {}).items() if not r["passed"]]
+    if m.get("kind") == "model":  # a model export: its own clauses (validate.model.report)
+        parts = model_report.failure_line(label, m, layer_clause(m["layers"])
+                                          if "layers" in m else "")
+    failed = [(name, r) for name, r in m.get("runtimes", {}).items()
+              if not r["passed"] and m.get("kind") != "model"]
     if failed:
         name, r = failed[0]
         parts.append(f"parity failed: {label} ({name}): {'; '.join(failure_reasons(r))}")
@@ -39,7 +44,7 @@ def model_failure(label: str, m: dict) -> str:
         if "layers" in m["conversion"]:
             lead += f"; twin.onnx: {layer_clause(m['conversion']['layers'])}"
         parts.append(lead)
-    if "precision" in m and not m["precision"]["passed"]:
+    if "precision" in m and not m["precision"]["passed"] and m.get("kind") != "model":
         if "error" in m["precision"]:
             parts.append(f"precision: {m['precision']['error']}")
         else:

@@ -172,7 +172,8 @@ def _round(times: list[float], start: float, end: float) -> Round:
     return Round(p50, p90, p99, len(ms), start, end)
 
 
-def measure_rounds(subjects: list[Subject], images: np.ndarray, plan: RoundPlan,
+def measure_rounds(subjects: list[Subject], images: np.ndarray | dict[str, np.ndarray],
+                   plan: RoundPlan,
                    batch_sizes: tuple[int, ...] = BATCH_SIZES,
                    failures: tuple[type[BaseException], ...] = (),
                    progress: Callable[[str], None] | None = None) -> None:
@@ -184,8 +185,10 @@ def measure_rounds(subjects: list[Subject], images: np.ndarray, plan: RoundPlan,
     meanwhile finds one core taken (measured here: onnxruntime at batch 256 on 2 threads ran
     at its 1-thread speed in about one block in three without the pause, in none with 0.1 s).
     Fills each subject's `rounds`. An exception of a type in `failures` stops that subject
-    (its `error` says why); the others go on."""
-    feeds = {b: {"image": np.ascontiguousarray(images[:b])} for b in batch_sizes}
+    (its `error` says why); the others go on. `images`: LeNet-5's images, or a model's named
+    inputs (a dict), of which the first `b` rows make a batch of `b`."""
+    named = images if isinstance(images, dict) else {"image": images}
+    feeds = {b: {k: np.ascontiguousarray(v[:b]) for k, v in named.items()} for b in batch_sizes}
     for r in range(plan.rounds):
         order = subjects if r % 2 == 0 else subjects[::-1]
         for b in batch_sizes:

@@ -45,8 +45,9 @@ def _timed_threads(cls: type[Runner]) -> list[int]:
 
 
 def measure_latency(path: Path, outputs: list[RunnerOutput],
-                    natives: dict[int, native.NativeProcess], images: np.ndarray,
-                    opts: Options) -> tuple[list[dict], dict]:
+                    natives: dict[int, native.NativeProcess],
+                    images: np.ndarray | dict[str, np.ndarray], opts: Options,
+                    batch_sizes: tuple[int, ...] = lat.BATCH_SIZES) -> tuple[list[dict], dict]:
     """Time the native model and every runner that ran, thread count by thread count, in
     interleaved rounds (validate.timing.latency). Returns the latency rows and the conditions
     (rounds, plan, cores, load average at start and end, errors) for the report."""
@@ -87,9 +88,9 @@ def measure_latency(path: Path, outputs: list[RunnerOutput],
                                             runner.timings, runner=cls.name))
             print(f"[validate] {path.parent.name}: latency, {threads} thread"
                   f"{'s' * (threads > 1)}: {', '.join(s.label for s in subjects)} x batch "
-                  f"{'/'.join(map(str, lat.BATCH_SIZES))}, {plan.rounds} interleaved rounds",
+                  f"{'/'.join(map(str, batch_sizes))}, {plan.rounds} interleaved rounds",
                   flush=True)
-            lat.measure_rounds(subjects, images, plan,
+            lat.measure_rounds(subjects, images, plan, batch_sizes=batch_sizes,
                                failures=(RunnerFailed, native.NativeFailed))
         if proc is not None:
             proc.close()

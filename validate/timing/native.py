@@ -32,12 +32,35 @@ class NativeFailed(Exception):
     """The native process could not start, load the model or time it (one line)."""
 
 
+SPEC_FILE = "spec.json"  # a model export (docs/byom.md): the server rebuilds it from the folder
+
+
+def model_path(framework: str, folder: Path) -> Path:
+    """What the server loads: a model export's folder itself, else the LeNet-5 checkpoint."""
+    return folder if (folder / SPEC_FILE).is_file() else folder / MODEL_FILES[framework]
+
+
+def _weights_problem(folder: Path) -> str | None:
+    """Why a model export's native weights cannot be loaded, read from its spec.json."""
+    try:
+        weights = json.loads((folder / SPEC_FILE).read_text(encoding="utf-8"))["weights"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{folder / SPEC_FILE}: unreadable, or no weights named"
+    if not (folder / str(weights)).is_file():
+        return f"no {weights} in the model's folder ({folder})"
+    return None
+
+
 def availability(framework: str, folder: Path) -> str | None:
     """None when the native model beside the ONNX file can be timed here, else why not."""
     if framework not in MODEL_FILES:
         return f"no native framework known for {framework!r}"
-    path = folder / MODEL_FILES[framework]
-    if not path.is_file():
+    path = model_path(framework, folder)
+    if path == folder:
+        problem = _weights_problem(folder)
+        if problem:
+            return problem
+    elif not path.is_file():
         return f"no {path.name} beside the ONNX model ({folder})"
     if importlib.util.find_spec(MODULES[framework]) is None:
         return f"{MODULES[framework]} is not installed in this Python"
@@ -51,7 +74,7 @@ class NativeProcess:
     def __init__(self, framework: str, folder: Path, threads: int, cores: list[int] | None,
                  data_dir: str | None) -> None:
         self.framework, self.threads, self.cores = framework, threads, cores
-        self.path = folder / MODEL_FILES[framework]
+        self.path = model_path(framework, folder)
         self.data_dir = data_dir
         self.runtime = RUNTIMES[framework]
         self.proc: subprocess.Popen | None = None
