@@ -19,6 +19,7 @@ from train.core.errors import ArtifactError, ToolkitError
 from train.core.fileio import append_text
 from train.core.lock import shared_lock
 from validate import sandbox, worker
+from validate.model import report as model_report
 from validate.model.folder import MODEL, is_spec_folder, scaled_limits, spec_folders
 from validate.options import Options
 from validate.report import markdown, verdict
@@ -129,7 +130,7 @@ def validate_and_report(target: Path, frameworks: tuple[str, ...], opts: Options
     """Validate, write the reports, print failures; return (exit status, report)."""
     result = validate(target, frameworks, opts, lim)
     result["command"] = command_line()
-    print("\n".join(markdown.main_table(result)))
+    print("\n".join(markdown.main_table(result) + model_report.parity_table(result)))
     if output is not None:
         paths = write(result, output, opts.data_dir)
         print(f"\nreports: {', '.join(str(p) for p in paths)}")

@@ -128,6 +128,17 @@ def precision_lines(found: dict[str, dict]) -> list[str]:
     return out
 
 
+def parity_table(report: dict) -> list[str]:
+    """The parity table of every model export, per runtime and output ([] when none): in
+    report.md, and on stdout after a validation."""
+    found = models(report)
+    if not found:
+        return []
+    return (["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+            + ["| " + " | ".join(cell(c) for c in row) + " |"
+               for label, m in found.items() for row in parity_rows(label, m)])
+
+
 def markdown_lines(report: dict) -> list[str]:
     """report.md's section for model exports ([] when the report has none)."""
     found = models(report)
@@ -137,10 +148,7 @@ def markdown_lines(report: dict) -> list[str]:
     for label, m in found.items():
         out += _spec_lines(label, m)
     out += ["", f"Gate: {GATE}. The float64 reference and the JavaScript runtimes run the first "
-            "inputs only (column inputs).", "",
-            "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    out += ["| " + " | ".join(cell(c) for c in row) + " |"
-            for label, m in found.items() for row in parity_rows(label, m)]
+            "inputs only (column inputs).", ""] + parity_table(report)
     out += ["", "Noise floor:", ""] + [x for label, m in found.items()
                                        for x in noise_lines(label, m)]
     prec = precision_lines(found)
