@@ -41,8 +41,12 @@ def load_native(folder: Path) -> tuple[str, Callable[[dict[str, np.ndarray]],
 
         torch.set_grad_enabled(False)  # this process only ever runs inference
 
+    # Keras: the traced serving function, as a deployed Keras model runs (not layer by layer
+    # in Python); PyTorch: the module itself, eager, under inference_mode.
+    call = side.serving() if hasattr(side, "serving") else side.run
+
     def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result = side.run({k: feeds[k] for k in order})
+        result = call({k: feeds[k] for k in order})
         return {k: result[k] for k in names}
 
     return framework, run
