@@ -86,8 +86,12 @@ def _spec_lines(label: str, m: dict) -> list[str]:
     if unmapped:
         items = (unmapped.items() if isinstance(unmapped, dict) else
                  ((u.get("layer"), u.get("reason")) for u in unmapped if isinstance(u, dict)))
-        lines.append("  - layers not mapped for diagnosis: "
-                     + "; ".join(f"{k} ({why})" for k, why in items))
+        by_reason: dict[str, list[str]] = {}
+        for layer, why in items:  # one reason usually covers many layers: name it once
+            by_reason.setdefault(str(why), []).append(str(layer))
+        lines.append(f"  - {sum(map(len, by_reason.values()))} layers not mapped for diagnosis: "
+                     + "; ".join(f"{why}: {', '.join(names)}"
+                                 for why, names in by_reason.items()))
     lines.append(f"  - not run: {m.get('lenet_only', 'LeNet-5 only parts')}")
     return lines
 
