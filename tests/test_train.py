@@ -73,6 +73,36 @@ def test_bench_compares_seed_and_toolkit_side_by_side():
         assert float(ratio.split("= ")[1].split("x")[0]) > 0
 
 
+@pytest.mark.parametrize("args, words", [
+    (("--frameworks", "jax"), "--frameworks: unknown jax; choose from torch, tf"),
+    (("--steps", "0"), "--steps and --rounds must be at least 1"),
+    (("--threads", "0"), "--threads must be at least 1, got 0"),
+])
+def test_profile_bad_flags_are_one_line(args, words):
+    proc = run("train.profile", *args)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and words in proc.stderr
+
+
+@pytest.mark.slow  # trains a few steps
+def test_profile_says_where_a_step_goes():
+    proc = run("train.profile", "--steps", "4", "--rounds", "1")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    # torch: the operators by their own time, the convolutions' kernels among them, and the
+    # parts adding up to the profiled total.
+    assert "aten::convolution_backward" in out and "aten::mkldnn_convolution" in out
+    [parts] = [l for l in out.splitlines() if l.startswith("torch: by part: ")]
+    shares = [float(p.split("%")[0].split()[-1]) for p in parts.split("; ")]
+    assert len(shares) == 7 and abs(sum(shares) - 100) <= 4  # rounded to whole percents
+    # tf: the four compiled loops, each timed, and their differences as parts.
+    for part in ("forward", "forward + loss", "forward + backward", "whole step (+ Adam)"):
+        [line] = [l for l in out.splitlines() if l.startswith(f"tf:   {part:22s} ")]
+        assert float(line.split(" ms (range")[0].split()[-1]) > 0
+    assert any(l.startswith("tf: by part: forward ") for l in out.splitlines())
+    assert proc.stderr == ""
+
+
 @pytest.mark.slow  # trains
 def test_torch_epoch_matches_torch_optim_adam_bit_for_bit(data_dir):
     """The toolkit's lean Adam and end-of-epoch bookkeeping against the textbook loop:

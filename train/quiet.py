@@ -23,8 +23,9 @@ _CHATTER = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(
 
 
 @contextlib.contextmanager
-def quiet_stderr() -> Iterator[None]:
-    """Hold fd 2 during the block; replay it afterwards without absl start-up lines."""
+def quiet_stderr(chatter: re.Pattern = _CHATTER) -> Iterator[None]:
+    """Hold fd 2 during the block; replay it afterwards without the lines `chatter` matches
+    (absl start-up lines by default)."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as held:
@@ -37,7 +38,7 @@ def quiet_stderr() -> Iterator[None]:
             os.close(saved)
             held.seek(0)
             kept = [line for line in held.read().decode("utf-8", "replace").splitlines(True)
-                    if not _CHATTER.match(line)]
+                    if not chatter.match(line)]
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()
