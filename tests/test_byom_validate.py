@@ -132,7 +132,12 @@ def test_healthy_tiny_cnn_passes_everywhere(tiny_export, tmp_path):
     assert any(r.get("runtime") == "torch" for r in m["latency"]), m["latency_conditions"]
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## Models of your own" in md and "LeNet-5 only" in md
-    assert "Models of your own" in (tmp_path / "out" / "report.html").read_text()
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "Models of your own" in page and "on every output and real input" in page
+    assert "<title>ONNX parity report of tiny: PASSED</title>" in page
+    # LeNet-5's sections (training, test-set confusion, twins, consumers) are left out.
+    assert all(f"<h2>{h}</h2>" not in page for h in
+               ("Training curves", "Confusion matrices", "Conversion matrix", "Flipped images"))
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from train.core.fileio import write_text
 from validate.report.context import Context, one_line
-from validate.report.markdown import heading as page_heading
+from validate.report.markdown import heading as page_heading, only_exports
 from validate.report.markup import missing
 from validate.report.sections import SECTIONS
 
@@ -74,7 +74,8 @@ def render(report: dict, data_dir: str | None = None) -> str:
             f"<li>{escape(n)}</li>" for n in dict.fromkeys(ctx.notes)) + "</ul></section>")
     nav = "".join(f'<a href="#{a}">{escape(h.split(":")[0])}</a>' for a, h in shown)
     verdict = "PASSED" if report.get("passed") else "FAILED"
-    head_title = f"LeNet-5 ONNX parity report: {verdict}"
+    head_title = (f"ONNX parity report of {', '.join(report.get('models') or {})}: {verdict}"
+                  if only_exports(report) else f"LeNet-5 ONNX parity report: {verdict}")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             # no network, ever: this page only shows what it carries

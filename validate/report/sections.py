@@ -13,7 +13,8 @@ from validate.report import consumers
 from validate.report.context import (
     Context, confusion, flips, hist_runtimes, latency_label, one_line, per_class, title)
 from validate.report.figures import MAX_FLIP_IMAGES, RC, make_figure, render_figure
-from validate.report.markdown import best_cell, latency_conditions, main_table, spread_cell
+from validate.report.markdown import (best_cell, latency_conditions, main_table, only_exports,
+                                      spread_cell)
 from validate.report.markup import Raw, cell_text, details, generic, missing, table
 from validate.report.text import NO_LATENCY, percent
 from validate.report.verdict import errors, failures, warnings
@@ -50,8 +51,9 @@ def sec_verdict(ctx: Context) -> str:
     tol = r.get("tolerances") or {}
     out = [f'<p class="verdict {"pass" if passed else "fail"}">'
            f'{"PASSED" if passed else "FAILED"}</p>',
-           f'<p>Every available runtime within its tolerance of the native model on all test '
-           f'images, top-1 agreement &ge; {percent(tol.get("min_agreement", 1.0))}, '
+           f"<p>Every available runtime within its tolerance of the native model "
+           f"{'on every output and real input' if only_exports(r) else 'on all test images'}, "
+           f'top-1 agreement &ge; {percent(tol.get("min_agreement", 1.0))}, '
            f"accuracy equal, batch-invariant, deterministic.</p>"]
     try:
         bad, warned = errors(r) + failures(r), warnings(r)
@@ -156,7 +158,11 @@ def sec_per_class(ctx: Context) -> str:
 
 def sec_parity(ctx: Context) -> str:
     """The |native - runtime| histograms and the parity table per runtime."""
-    out = [figure_html(ctx, "parity", "Histogram of |native - runtime| over every probability "
+    exports = only_exports(ctx.report)
+    out = [figure_html(ctx, "parity", "Histogram of |native - runtime| / the output's magnitude "
+                                      "over every value of every output and input, per model "
+                                      "and runtime; dashed: the tolerance" if exports else
+                                      "Histogram of |native - runtime| over every probability "
                                       "of every test image, per model and runtime; dashed: "
                                       "the tolerance")]
     rows, reasons = [], {}
@@ -190,7 +196,7 @@ def sec_parity(ctx: Context) -> str:
                 by_reason.setdefault(why, []).append(n)
         out += [f'<p class="note">{escape(", ".join(ns))}: {escape(why)}</p>'
                 for why, ns in by_reason.items()]
-    else:
+    elif not exports:  # a model export's table is per output, in its own section
         out.append(missing("no runtime results in report.json"))
     hist = [[title(fw), name] + list(r["diff_histogram"]["counts"])
             for fw in ctx.ok_models() for name, r in hist_runtimes(ctx.models[fw])]
@@ -383,17 +389,25 @@ def sec_reproduce(ctx: Context) -> str:
     return "".join(out)
 
 
-SECTIONS: list[tuple[str, str, Callable[[Context], str]]] = [
+def _lenet_only(build: Callable[[Context], str]) -> Callable[[Context], str | None]:
+    """A section about LeNet-5's training, test set or twins: left out of a report that holds
+    model exports only (their section says what is LeNet-5 only)."""
+    def section(ctx: Context) -> str | None:
+        return None if only_exports(ctx.report) else build(ctx)
+    return section
+
+
+SECTIONS: list[tuple[str, str, Callable[[Context], str | None]]] = [
     ("verdict", "Verdict", sec_verdict),
-    ("training", "Training curves", sec_training),
-    ("confusion", "Confusion matrices", sec_confusion),
-    ("per-class", "Accuracy per class", sec_per_class),
+    ("training", "Training curves", _lenet_only(sec_training)),
+    ("confusion", "Confusion matrices", _lenet_only(sec_confusion)),
+    ("per-class", "Accuracy per class", _lenet_only(sec_per_class)),
     ("parity", "Parity: native vs ONNX, per runtime", sec_parity),
     ("model-exports", "Models of your own: parity per output", model_report.html_section),
     ("latency", "Latency", sec_latency),
-    ("flips", "Flipped images", sec_flips),
-    ("conversion", "Conversion matrix", sec_conversion),
-    ("consumers", "Consumers of the shipped files", sec_consumers),
+    ("flips", "Flipped images", _lenet_only(sec_flips)),
+    ("conversion", "Conversion matrix", _lenet_only(sec_conversion)),
+    ("consumers", "Consumers of the shipped files", _lenet_only(sec_consumers)),
     ("precision", "Quantized models", _model_part("precision", "quantized models")),
     ("layers", "Per-layer diagnosis", _model_part("layers", "per-layer diagnosis")),
     ("models", "Models", sec_models),
