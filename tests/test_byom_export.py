@@ -129,6 +129,13 @@ def test_inputs_of_wrong_shape_or_dtype(tmp_path):
     one_line(export("tests.byom_models:tiny_cnn", "--input-shape", "1,28,28", "--inputs",
                     str(wrong_dtype), "--out", out), "float64")
     one_line(export("tests.byom_models:not_a_model", "--out", out), "neither")
+    # Images of three channels for a model of one: the model's own error, in one line.
+    one_line(export("tests.byom_models:tiny_cnn", "--input-shape", "3,28,28", "--count", "8",
+                    "--out", out), "tests.byom_models:tiny_cnn: tiny_cnn failed on its inputs "
+             "(input float32 [8, 3, 28, 28]): RuntimeError:", "to have 1 channels")
+    # A model of two inputs with nothing declared: which inputs, and how to give them.
+    one_line(export("tests.byom_models:two_heads", "--out", out),
+             "two_heads takes 2 inputs (image, tokens)", "[[inputs]]", "--inputs")
     one_line(export("torch", "--artifacts", out, "--count", "3"), "--count")  # LeNet's export
 
 

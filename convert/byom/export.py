@@ -19,6 +19,7 @@ import numpy as np
 
 from convert.byom import factory, files, inputs as model_inputs, layermap
 from train.core import contract
+from train.core.errors import ToolkitError
 from train.core.fileio import ensure_writable, sha256_file
 from train.core.spec import BATCH, ModelSpec, write_spec_json
 
@@ -151,6 +152,23 @@ def _metadata(proto, doc: dict, side, versions: dict) -> None:
         contract.set_metadata(proto, key, value)
 
 
+def _users_model(spec: ModelSpec, run):
+    """`run` with a failure inside the user's model (its forward or call raising on the
+    inputs) as one line naming the model and the framework's own reason, exit 2."""
+    def call(feeds):
+        try:
+            return run(feeds)
+        except ToolkitError:
+            raise
+        except Exception as exc:  # the model's code, not the toolkit's: say what it said
+            text = str(exc).strip().splitlines()
+            reason = f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+            shapes = ", ".join(f"{k} {v.dtype} {list(v.shape)}" for k, v in feeds.items())
+            raise ToolkitError(f"{spec.origin}: {spec.name} failed on its inputs ({shapes}): "
+                               f"{reason}") from None
+    return call
+
+
 def export_model(spec: ModelSpec, out: Path | None = None, data_dir: str | None = None,
                  threads: int | None = None) -> Path:
     """Export `spec`'s model to OUT (default artifacts/NAME); return the folder."""
@@ -172,8 +190,8 @@ def export_model(spec: ModelSpec, out: Path | None = None, data_dir: str | None 
     data_sha = _write_data(folder, data)
     with clock.step("reference", f"native outputs on {data.count} inputs"):
         first = files.write_outputs(
-            folder / "reference.npz", side.run, data.arrays, REFERENCE_BATCH,
-            lambda done: clock.progress(f"native outputs: {done}/{data.count}"))
+            folder / "reference.npz", _users_model(spec, side.run), data.arrays,
+            REFERENCE_BATCH, lambda done: clock.progress(f"native outputs: {done}/{data.count}"))
     with clock.step("onnx", f"exporting with {side.exporter}"):
         proto = side.to_onnx(signature, _example(data.arrays))
     diag = {k: v[:DIAGNOSIS_INPUTS] for k, v in data.arrays.items()}

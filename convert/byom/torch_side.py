@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import inspect
 import io
 from pathlib import Path
 
@@ -95,6 +96,11 @@ class TorchSide:
             return declared
         if from_data:
             return from_data
+        needed = _required_inputs(self.model)
+        if len(needed) > 1:
+            raise ToolkitError(f"{self.spec.origin}: {self.spec.name} takes {len(needed)} inputs "
+                               f"({', '.join(needed)}); declare them ([[inputs]] in a TOML spec, "
+                               "docs/byom.md) and give --inputs FILE.npz with one array each")
         conv = next((m for m in self.model.modules() if isinstance(m, nn.Conv2d)), None)
         if conv is None:
             raise ToolkitError(f"{self.spec.origin}: cannot tell {self.spec.name}'s input "
@@ -190,3 +196,12 @@ class TorchSide:
         with atomic_path(path) as tmp:
             torch.save(self.model.state_dict(), tmp)
 
+
+def _required_inputs(model: nn.Module) -> list[str]:
+    """The positional parameters of model.forward without a default: the inputs it needs."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):  # a forward Python cannot introspect: assume one input
+        return []
+    return [p.name for p in params if p.default is p.empty
+            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]

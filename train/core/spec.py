@@ -183,7 +183,7 @@ def load_spec(text: str) -> ModelSpec:
         except tomllib.TOMLDecodeError as exc:
             raise ToolkitError(f"{path}: not a valid TOML model spec ({exc})") from None
         return _from_table(doc, str(path), path.resolve().parent)
-    return _from_table({"factory": check_factory(text, "MODEL_SPEC")}, "MODEL_SPEC", None)
+    return _from_table({"factory": check_factory(text, "MODEL_SPEC")}, text, None)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
