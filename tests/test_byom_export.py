@@ -10,6 +10,7 @@ runs a framework in a subprocess (one per process) and is `slow`.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -133,6 +134,7 @@ def test_inputs_of_wrong_shape_or_dtype(tmp_path):
     one_line(export("tests.byom_models:tiny_cnn", "--input-shape", "3,28,28", "--count", "8",
                     "--out", out), "tests.byom_models:tiny_cnn: tiny_cnn failed on its inputs "
              "(input float32 [8, 3, 28, 28]): RuntimeError:", "to have 1 channels")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dtype.npz", "shape.npy"]  # no rest
     # A model of two inputs with nothing declared: which inputs, and how to give them.
     one_line(export("tests.byom_models:two_heads", "--out", out),
              "two_heads takes 2 inputs (image, tokens)", "[[inputs]]", "--inputs")
@@ -243,6 +245,20 @@ def same_reference(a: Path, b: Path) -> None:
     assert sorted(ours) == sorted(theirs)
     for name in ours:
         np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_failed_export_leaves_the_earlier_one_whole(tiny, tmp_path):
+    """An export that fails half-way (the model refuses the inputs after they were read)
+    over an earlier export: the folder keeps the earlier export, every file, and nothing of
+    the failed one is left beside it."""
+    out = tmp_path / "model"
+    shutil.copytree(tiny, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    one_line(export("tests.byom_models:tiny_cnn", "--input-shape", "3,28,28", "--count", "8",
+                    "--out", str(out)), "failed on its inputs")
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
 
 @pytest.mark.slow

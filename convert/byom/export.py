@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Iterator
@@ -172,10 +174,10 @@ def _users_model(spec: ModelSpec, run):
 def export_model(spec: ModelSpec, out: Path | None = None, data_dir: str | None = None,
                  threads: int | None = None) -> Path:
     """Export `spec`'s model to OUT (default artifacts/NAME); return the folder."""
-    import onnx
-
     clock = Clock(spec.name)
-    folder = Path(out) if out is not None else Path("artifacts") / spec.name
+    final = Path(out) if out is not None else Path("artifacts") / spec.name
+    if final.exists() and not final.is_dir():
+        raise ToolkitError(f"{final}: exists and is not a folder")
     factory.resolve(spec)  # a factory that does not exist: its one line comes first
     with clock.step("build", f"building {spec.factory} (seed {spec.seed})"):
         framework, model = factory.build(spec, threads)
@@ -186,7 +188,38 @@ def export_model(spec: ModelSpec, out: Path | None = None, data_dir: str | None 
     with clock.step("inputs", f"reading {spec.data.count} inputs from "
                               f"{'random' if spec.data.random else spec.data.source}"):
         data = model_inputs.read(spec.data, signature, spec.seed, data_dir)
-    ensure_writable(folder)
+    # Written beside the target and moved into place whole: a failure half-way (an exporter
+    # that cannot convert an op, a full disk, Ctrl-C) leaves the folder as it was.
+    folder = final.parent / f".{final.name}.partial-{os.getpid()}"
+    try:
+        ensure_writable(folder)
+        doc = _write_export(spec, side, signature, data, folder, clock)
+        _publish(folder, final)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    clock.say(f"wrote {final} in {doc['export']['seconds']['total']:.1f} s")
+    return final
+
+
+def _publish(stage: Path, final: Path) -> None:
+    """Put the finished STAGE folder where FINAL is, replacing an earlier export whole."""
+    if not final.exists():
+        os.replace(stage, final)
+        return
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    os.replace(final, old)
+    try:
+        os.replace(stage, final)
+    except OSError:
+        os.replace(old, final)  # put the earlier export back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_export(spec: ModelSpec, side, signature, data, folder: Path, clock: "Clock") -> dict:
+    """Every file of the export into FOLDER; returns spec.json's document."""
+    import onnx
+
     data_sha = _write_data(folder, data)
     with clock.step("reference", f"native outputs on {data.count} inputs"):
         first = files.write_outputs(
@@ -220,5 +253,4 @@ def export_model(spec: ModelSpec, out: Path | None = None, data_dir: str | None 
                                "max_relative_error": parity}}
     write_spec_json(folder, doc)
     files.refresh_sums(folder)
-    clock.say(f"wrote {folder} in {doc['export']['seconds']['total']:.1f} s")
-    return folder
+    return doc
