@@ -184,4 +184,12 @@ def test_two_inputs_two_outputs(tmp_path):
     cpu = m["runtimes"]["onnxruntime-cpu"]
     assert len(cpu["outputs"]) == 2 and all(o["passed"] for o in cpu["outputs"].values())
     assert m["layers"]["first_divergence"] is None and m["layers"]["rows"]
+    # Each variant is judged, or the report says why the export could not make it (here the
+    # FP16 converter leaves float32 beside float16 at the Concat).
+    md = (tmp_path / "out" / "report.md").read_text()
+    for k, made in m["spec"]["variants"].items():
+        if made["file"]:
+            assert k in m["precision"]
+        else:
+            assert f"two {k.upper()}: not made at export: {made['reason']}" in md
     assert "torch" not in sys.modules and "tensorflow" not in sys.modules

@@ -44,7 +44,7 @@ def _facts(sf: fo.SpecFolder) -> dict:
 def _spec(sf: fo.SpecFolder) -> dict:
     """What the report shows of spec.json."""
     keys = ("name", "framework", "factory", "kwargs", "seed", "checkpoint", "inputs",
-            "outputs", "data", "weights", "export", "unmapped_layers")
+            "outputs", "data", "weights", "export", "unmapped_layers", "variants")
     return {k: sf.doc[k] for k in keys if k in sf.doc}
 
 

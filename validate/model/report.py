@@ -115,9 +115,13 @@ def precision_lines(found: dict[str, dict]) -> list[str]:
         if "error" in p:
             out.append(f"- {title(label)} quantized models not evaluated: {p['error']}")
             continue
+        made = (m.get("spec") or {}).get("variants") or {}
         for k in variants.PRECISIONS:
             e = p.get(k)
             if not e:
+                if (made.get(k) or {}).get("reason"):  # the export could not make it: why
+                    out.append(f"- {title(label)} {k.upper()}: not made at export: "
+                               f"{made[k]['reason']}")
                 continue
             what = (f"accuracy {e['accuracy']:.4f} vs FP32 {e['fp32_accuracy']:.4f} "
                     f"({e['delta_points']:+.2f} points)" if e["gate"] == "accuracy" else
