@@ -94,7 +94,7 @@ def _reader(images: np.ndarray):
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_quantizer() -> Iterator[None]:
     """The quantizer logs advice through the root logger; our choices are documented here."""
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
@@ -110,8 +110,8 @@ def _signature(values) -> list[tuple]:
             for v in values]
 
 
-def _finish(model: onnx.ModelProto, source: onnx.ModelProto, source_path: Path,
-            extra: dict[str, str], dest: Path) -> Path:
+def finish_variant(model: onnx.ModelProto, source: onnx.ModelProto, source_path: Path,
+                   extra: dict[str, str], dest: Path) -> Path:
     """Carry the FP32 metadata over, add the precision keys, check, write atomically."""
     meta = {p.key: p.value for p in source.metadata_props}
     meta["source_sha256"] = sha256_file(source_path)
@@ -173,7 +173,7 @@ def quantize_int8(source: Path, dest: Path, calibration: Calibration) -> Path:
     original = _load_source(source)
     # Given a path, the quantizer writes "<name>-inferred.onnx" beside it: work on copies in a
     # private folder so that nothing but the final file ever appears in the artifacts.
-    with tempfile.TemporaryDirectory(prefix="lenet5-quantize.") as tmp, _quiet():
+    with tempfile.TemporaryDirectory(prefix="lenet5-quantize.") as tmp, quiet_quantizer():
         fp32, pre = Path(tmp) / "fp32.onnx", Path(tmp) / "preprocessed.onnx"
         onnx.save(original, str(fp32))  # quant_pre_process mishandles a ModelProto argument
         # Symbolic shape inference (sympy) is for transformer-style dynamic shapes; ONNX's own
@@ -191,7 +191,7 @@ def quantize_int8(source: Path, dest: Path, calibration: Calibration) -> Path:
     converter = (f"onnxruntime.quantization {ort.__version__}: quantize_static, QDQ, "
                  "per-channel int8 weights, uint8 activations, MinMax calibration; int8 in "
                  "the hidden dense layers (fc1, fc2), float32 elsewhere")
-    return _finish(quantized, original, source, {
+    return finish_variant(quantized, original, source, {
         "precision": "int8", "precision_converter": converter,
         "calibration": json.dumps(calibration.description, sort_keys=True)}, dest)
 
@@ -207,8 +207,8 @@ def convert_fp16(source: Path, dest: Path) -> Path:
     half = float16.convert_float_to_float16(model, keep_io_types=True)
     converter = (f"onnxconverter-common {onnxconverter_common.__version__}: "
                  "convert_float_to_float16(keep_io_types=True)")
-    return _finish(half, original, source,
-                   {"precision": "fp16", "precision_converter": converter}, dest)
+    return finish_variant(half, original, source,
+                          {"precision": "fp16", "precision_converter": converter}, dest)
 
 
 def quantize(artifacts: Path, frameworks: tuple[str, ...], data_dir: str | None = None,

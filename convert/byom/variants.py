@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from convert.quantize import _finish, _quiet
+from convert.quantize import finish_variant, quiet_quantizer
 
 CALIBRATION_INPUTS = 128   # the first N of the export's inputs
 CALIBRATION_BATCH = 16
@@ -64,7 +64,7 @@ def int8(source: Path, dest: Path, arrays: dict[str, np.ndarray]) -> Path:
 
     original = onnx.load(str(source))
     reader, count = _reader(arrays)
-    with tempfile.TemporaryDirectory(prefix="byom-quantize.") as tmp, _quiet():
+    with tempfile.TemporaryDirectory(prefix="byom-quantize.") as tmp, quiet_quantizer():
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
         model = onnx.load(str(pre))
@@ -76,8 +76,8 @@ def int8(source: Path, dest: Path, arrays: dict[str, np.ndarray]) -> Path:
     converter = (f"onnxruntime.quantization {ort.__version__}: quantize_static, QDQ, "
                  "per-channel int8 weights, uint8 activations, MinMax calibration on the "
                  f"first {count} inputs; the nodes giving graph outputs in float32")
-    return _finish(quantized, original, source,
-                   {"precision": "int8", "precision_converter": converter}, dest)
+    return finish_variant(quantized, original, source,
+                          {"precision": "int8", "precision_converter": converter}, dest)
 
 
 def fp16(source: Path, dest: Path) -> Path:
@@ -91,5 +91,5 @@ def fp16(source: Path, dest: Path) -> Path:
         half = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
     converter = (f"onnxconverter-common {onnxconverter_common.__version__}: "
                  "convert_float_to_float16(keep_io_types=True)")
-    return _finish(half, original, source,
-                   {"precision": "fp16", "precision_converter": converter}, dest)
+    return finish_variant(half, original, source,
+                          {"precision": "fp16", "precision_converter": converter}, dest)
