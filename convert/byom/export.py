@@ -21,7 +21,7 @@ import numpy as np
 
 from convert.byom import factory, files, inputs as model_inputs, layermap
 from train.core import contract
-from train.core.errors import ToolkitError
+from train.core.errors import ToolkitError, first_line
 from train.core.fileio import ensure_writable, sha256_file
 from train.core.spec import BATCH, ModelSpec, write_spec_json
 
@@ -163,11 +163,9 @@ def _users_model(spec: ModelSpec, run):
         except ToolkitError:
             raise
         except Exception as exc:  # the model's code, not the toolkit's: say what it said
-            text = str(exc).strip().splitlines()
-            reason = f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
             shapes = ", ".join(f"{k} {v.dtype} {list(v.shape)}" for k, v in feeds.items())
             raise ToolkitError(f"{spec.origin}: {spec.name} failed on its inputs ({shapes}): "
-                               f"{reason}") from None
+                               f"{first_line(exc)}") from None
     return call
 
 

@@ -18,12 +18,6 @@ from train.core.history import read_history
 from validate.compare.conversion import CONVERSION, TWIN_NATIVE, TWIN_ONNX, save_twin
 
 
-def first_line(exc: BaseException) -> str:
-    """'Type: first line of the message' (200 characters at most), for a status row."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
-
-
 def make_twin(artifacts: Path, source: str, images: np.ndarray, *,
               build: Callable[[cw.Weights], Any],
               predict: Callable[[Any, np.ndarray], np.ndarray],

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from convert.twins import common
-from convert.twins.common import first_line as _first_line
+from train.core.errors import first_line as _first_line
 from train.core import weights as cw
 from train.core.fileio import sha256_file
 from train import data

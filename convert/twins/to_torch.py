@@ -20,7 +20,7 @@ from torch import nn
 from train.core import weights as cw
 from convert.export.from_torch import TORCH_KEYS, to_onnx
 from convert.twins import common
-from convert.twins.common import first_line as _first_line
+from train.core.errors import first_line as _first_line
 from train.core.fileio import sha256_file
 from train import data
 from train.torch_lenet import predict

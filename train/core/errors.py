@@ -11,6 +11,13 @@ from typing import Callable, NoReturn
 CRASH_STATUS = 3
 
 
+def first_line(exc: BaseException) -> str:
+    """'Type: first line of the message' (200 characters at most), for a status row or the
+    reason in a one-line error."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
+
+
 class ToolkitError(Exception):
     """A problem with the user's input or environment (bad path, bad file, bad flag): exit 2."""
 
