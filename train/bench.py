@@ -64,7 +64,7 @@ from typing import Callable
 from train.core.errors import ArgumentParser, cli_call
 from train import data
 from train.core.contract import FRAMEWORKS
-from train.core.threads import check_threads, default_threads
+from train.core.threads import check_threads, default_threads, load_average
 from train.recipe import EpochLog, Recipe
 
 MODES = ("seed", "toolkit")
@@ -352,10 +352,6 @@ class Case:
                 f"{' '.join(f'{s:.2f}' for s in self.seconds)}{others})")
 
 
-def _load() -> str:
-    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def _cpu_ticks() -> tuple[int, int] | None:
     """(busy, total) CPU ticks of the whole machine so far (Linux), else None."""
     try:
@@ -371,7 +367,7 @@ def compare(frameworks: tuple[str, ...], epochs: int, threads: int | None, limit
     """Time seed and toolkit epochs alternately per framework; print; return the ratios."""
     print(f"training throughput, batch 32, {epochs} timed epochs per case after one burn-in "
           f"epoch, seed and toolkit alternating; threads: {threads or 'framework default'}; "
-          f"{os.cpu_count()} CPUs; {_load()}", flush=True)
+          f"{os.cpu_count()} CPUs; {load_average()}", flush=True)
     ratios = {}
     for fw in frameworks:
         cases = {mode: Case(fw, mode, epochs + 1, threads, limit, data_dir) for mode in MODES}
@@ -389,14 +385,14 @@ def compare(frameworks: tuple[str, ...], epochs: int, threads: int | None, limit
         ratios[fw] = seed / toolkit
         print(f"{fw}: toolkit / seed = {ratios[fw]:.2f}x images/s (per round: "
               f"{' '.join(f'{p:.2f}' for p in paired)})", flush=True)
-    print(_load())
+    print(load_average())
     return ratios
 
 
 def pipeline(epochs: int, data_dir: str | None) -> float:
     """Time the seed's two trainings back to back against `python -m convert all`."""
     folder = data.ensure_files(data_dir)
-    print(f"whole job, {epochs} epochs per framework; {os.cpu_count()} CPUs; {_load()}",
+    print(f"whole job, {epochs} epochs per framework; {os.cpu_count()} CPUs; {load_average()}",
           flush=True)
     seed_total, parts = 0.0, []
     for fw in FRAMEWORKS:
@@ -428,7 +424,7 @@ def pipeline(epochs: int, data_dir: str | None) -> float:
     print(f"seed, two trainings back to back: {seed_total:.1f} s ({'; '.join(parts)})")
     print(f"toolkit, python -m convert all --epochs {epochs} (trainings, exports, validation): "
           f"{toolkit:.1f} s (exit {proc.returncode}; test accuracy {', '.join(accuracies)})")
-    print(f"seed / toolkit wall time = {seed_total / toolkit:.2f}x; {_load()}")
+    print(f"seed / toolkit wall time = {seed_total / toolkit:.2f}x; {load_average()}")
     return seed_total / toolkit
 
 

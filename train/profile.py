@@ -34,7 +34,7 @@ from typing import Callable
 
 from train.core.errors import ArgumentParser, cli_call
 from train.core.contract import FRAMEWORKS
-from train.core.threads import check_threads
+from train.core.threads import check_threads, load_average
 from train import data
 from train.quiet import quiet_stderr
 
@@ -191,14 +191,6 @@ def _tf(threads: int, steps: int, rounds: int, data_dir: str | None) -> None:
                                       for k, v in shares.items()))
 
 
-def _load() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m train.profile",
                        description="Where the toolkit's training step spends its time.")
@@ -228,7 +220,7 @@ def _main(args, p) -> int:
         p.error(f"--frameworks: unknown {', '.join(unknown) or '(none)'}; "
                 f"choose from {', '.join(FRAMEWORKS)}")
     data.load(args.data_dir)  # verified once here, with its one-line error if it is wrong
-    print(f"training step profile; load average {_load()}", flush=True)
+    print(f"training step profile; {load_average()}", flush=True)
     for framework in frameworks:  # one framework per process
         cmd = [sys.executable, "-m", "train.profile", "--worker", framework,
                "--threads", str(args.threads), "--steps", str(args.steps),
@@ -238,7 +230,7 @@ def _main(args, p) -> int:
         proc = subprocess.run(cmd, env={**os.environ, "LENET5_NO_BOOTSTRAP": "1"})
         if proc.returncode:
             return proc.returncode
-    print(f"load average {_load()}")
+    print(load_average())
     return 0
 
 

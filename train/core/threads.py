@@ -1,4 +1,5 @@
-"""Thread counts: how many cores this process may use, and a --threads value checked."""
+"""Thread counts: how many cores this process may use, a --threads value checked, and the
+machine's load average for benchmarks."""
 
 from __future__ import annotations
 
@@ -19,3 +20,8 @@ def check_threads(threads: int | None) -> int | None:
     if threads is not None and threads < 1:
         raise ToolkitError(f"--threads must be at least 1, got {threads}")
     return threads
+
+
+def load_average() -> str:
+    """'load average 1m 5m 15m' of the machine, for a benchmark's figures."""
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
