@@ -41,9 +41,7 @@ def load_native(folder: Path) -> tuple[str, Callable[[dict[str, np.ndarray]],
 
         torch.set_grad_enabled(False)  # this process only ever runs inference
 
-    # Keras: the traced serving function, as a deployed Keras model runs (not layer by layer
-    # in Python); PyTorch: the module itself, eager, under inference_mode.
-    call = side.serving() if hasattr(side, "serving") else side.run
+    call = side.serving()  # as a deployed model runs (Keras: traced, not layer by layer)
 
     def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         result = call({k: feeds[k] for k in order})

@@ -123,6 +123,11 @@ class TorchSide:
         self.output_names = [str(k) for k, _ in pairs]
         return {str(k): v.detach().cpu().numpy() for k, v in pairs}
 
+    def serving(self):
+        """The model as a PyTorch model is served: the module itself, eager, under
+        inference_mode (what `run` does)."""
+        return self.run
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Named outputs of the native model on named inputs."""
         with torch.inference_mode():
