@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 import shutil
@@ -122,9 +123,13 @@ def test_an_output_path_that_is_a_file(quick_artifacts, tmp_path):
     assert a_file.read_text() == "x"
 
 
-def test_two_runs_on_one_folder_take_turns(quick_artifacts, tmp_path):
+def test_two_runs_on_one_folder_take_turns_and_skip_training(quick_artifacts, tmp_path):
+    """Two reruns of the quick recipe on one folder, PyTorch alone: the second waits for the
+    first; both skip the training (the model is the one trained for that recipe) and export,
+    convert and validate again."""
     artifacts = tmp_path / "artifacts"
-    shutil.copytree(quick_artifacts, artifacts)  # trained already: each run exports + validates
+    shutil.copytree(quick_artifacts, artifacts)
+    checkpoint = (artifacts / "torch" / "model.pt").read_bytes()
     env = {**os.environ, "FASHION_MNIST_DIR": str(DATA_DIR), "LENET5_NO_BOOTSTRAP": "1"}
     cmd = [sys.executable, "-m", "convert", "all", "--quick", "--frameworks", "torch",
            "--artifacts", str(artifacts), *FAST]
@@ -159,6 +164,12 @@ def test_two_runs_on_one_folder_take_turns(quick_artifacts, tmp_path):
                       if n == "first" and line.startswith("all stages done"))
     second_work = next(t for t, n, line in events if n == "second" and line.startswith("== plan"))
     assert second_work >= first_done
+    for name in ("first", "second"):
+        lines = [line for _, n, line in events if n == name]
+        assert any(line.startswith("== train torch: skipped") for line in lines), lines
+    assert (artifacts / "torch" / "model.pt").read_bytes() == checkpoint
+    report = json.loads((artifacts / "report.json").read_text())
+    assert set(report["models"]) == {"torch"} and report["passed"]
 
 
 def _wait_for_line(proc: subprocess.Popen, prefix: str, seen: list[str]) -> None:
