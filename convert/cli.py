@@ -196,7 +196,8 @@ def _twins(args: argparse.Namespace) -> int:
         return side.roundtrip_child(args.artifacts, args.data_dir)
     times = side.run(args.artifacts, args.data_dir, args.quick)
     print(f"[{args.framework}] twins done: "
-          + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in times.items()), flush=True)
+          + (", ".join(f"{name} {seconds:.1f} s" for name, seconds in times.items())
+             or "nothing to make"), flush=True)
     return 0
 
 

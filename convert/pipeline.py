@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from convert.twins.common import pending
 from train.core.errors import CRASH_STATUS, STAGE_ENV
 from train.core.fileio import append_text, refresh_sha256sums, sha256_file
 from train.core.lock import artifacts_lock
@@ -179,6 +180,19 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def _twin_sides(artifacts: Path) -> list[str]:
+    """The frameworks whose twins stage has something to make; the others are said to be up to
+    date (a rerun on the same files: convert.twins.common.pending)."""
+    sides = []
+    for fw in CHECKPOINTS:
+        if any(pending(artifacts, fw)):
+            sides.append(fw)
+        else:
+            print(f"\n== twins {fw}: skipped, every conversion it makes is up to date (made "
+                  "from these files by this code and these converters)", flush=True)
+    return sides
+
+
 def plan_threads(frameworks: tuple[str, ...], jobs: int | None,
                  threads: int | None) -> tuple[int, int]:
     """(lanes at once, intra-op threads per stage): the cores divided between the lanes."""
@@ -301,7 +315,7 @@ def run_all(frameworks: tuple[str, ...], recipe: Recipe, data_dir: str | None,
         if not runner.failed() and len(frameworks_present(artifacts)) == len(CHECKPOINTS):
             quick_arg = ("--quick",) if quick else ()
             runner.lanes([[Stage(f"twins {fw}", ("twins", fw, *common, *quick_arg),
-                                 f"[{fw}] ")] for fw in CHECKPOINTS], jobs)
+                                 f"[{fw}] ")] for fw in _twin_sides(artifacts)], jobs)
         status = _failure_status(runner, start)
         if status is not None:
             return status

@@ -167,6 +167,9 @@ def test_two_runs_on_one_folder_take_turns_and_skip_training(quick_artifacts, tm
     for name in ("first", "second"):
         lines = [line for _, n, line in events if n == name]
         assert any(line.startswith("== train torch: skipped") for line in lines), lines
+        # The same files, code and converters: no conversion is made again.
+        assert any(line.startswith("== twins torch: skipped") for line in lines), lines
+        assert any(line.startswith("== twins tf: skipped") for line in lines), lines
     assert (artifacts / "torch" / "model.pt").read_bytes() == checkpoint
     report = json.loads((artifacts / "report.json").read_text())
     assert set(report["models"]) == {"torch"} and report["passed"]

@@ -215,6 +215,32 @@ def test_foreign_damaged_and_empty_conversion_files_are_failed_rows(twins, tmp_p
     assert "error" not in report["models"]["torch"]  # failed rows, not a lost model
 
 
+def test_a_rerun_makes_only_the_conversions_whose_files_changed(twins, tmp_path):
+    from convert.twins.common import pending
+
+    art = tmp_path / "artifacts"
+    for fw in ("torch", "tf"):
+        (art / fw).mkdir(parents=True)
+        for name in ("lenet5.onnx", "weights.npz"):
+            shutil.copy(twins / fw / name, art / fw / name)
+        shutil.copytree(twins / fw / conv.CONVERSION, art / fw / conv.CONVERSION)
+    assert pending(art, "torch") == ([], []) and pending(art, "tf") == ([], [])
+    # Another toolkit or converter version wrote it: made again.
+    _rewrite_npz(art / "torch" / conv.CONVERSION / conv.ONNX2TORCH_FILE,
+                 made_with=np.array("another version"))
+    assert pending(art, "torch") == ([], ["torch"]) and pending(art, "tf") == ([], [])
+    # A conversion that failed is tried again.
+    _rewrite_npz(art / "tf" / conv.CONVERSION / conv.TFLITE_FILE, status=np.array("failed: x"))
+    assert pending(art, "tf") == ([], ["tf"])
+    # New weights: the twin built from them; a twin.onnx of other weights, too.
+    _rewrite_npz(art / "tf" / "weights.npz", **{"dense3.bias": np.zeros(10, np.float32)})
+    assert pending(art, "torch") == (["tf"], ["torch"])
+    model = onnx.load(str(art / "torch" / conv.CONVERSION / conv.TWIN_ONNX))
+    next(p for p in model.metadata_props if p.key == "twin_weights_sha256").value = "0" * 64
+    onnx.save(model, str(art / "torch" / conv.CONVERSION / conv.TWIN_ONNX))
+    assert pending(art, "tf") == (["torch"], ["tf"])
+
+
 def test_missing_weights_file_is_one_line(twins, tmp_path):
     art = _copy(twins, tmp_path)
     (art / "torch" / "weights.npz").unlink()

@@ -15,7 +15,59 @@ import numpy as np
 from train.core import weights as cw
 from train.core.fileio import sha256_file
 from train.core.history import read_history
-from validate.compare.conversion import CONVERSION, TWIN_NATIVE, TWIN_ONNX, save_twin
+from train.core.errors import ArtifactError
+from validate.compare.conversion import (CONVERSION, ONNX2TF_FILE, ONNX2TORCH_FILE, TFLITE_FILE,
+                                         TWIN_NATIVE, TWIN_ONNX, frameworks_present,
+                                         made_with, read_output, save_twin)
+
+# Each side's round-trip files, written from ARTIFACTS/<fw>/lenet5.onnx.
+ROUNDTRIP_FILES = {"torch": (ONNX2TORCH_FILE,), "tf": (ONNX2TF_FILE, TFLITE_FILE)}
+
+
+def _made(path: Path, source: Path) -> bool:
+    """Whether PATH is a conversion made ("ok") from SOURCE as it is now, by this toolkit and
+    these converters (validate.compare.conversion.made_with)."""
+    try:
+        out = read_output(path)
+    except (ArtifactError, OSError):
+        return False
+    return (out.status == "ok" and out.made_with == made_with()
+            and source.is_file() and out.source_sha256 == sha256_file(source))
+
+
+def _twin_made(folder: Path) -> bool:
+    """Whether FOLDER's twin (twin_native.npz and twin.onnx) is made from its weights.npz."""
+    import onnx
+
+    if not _made(folder / CONVERSION / TWIN_NATIVE, folder / cw.FILE):
+        return False
+    try:
+        meta = {p.key: p.value for p in onnx.load(str(folder / CONVERSION / TWIN_ONNX),
+                                                  load_external_data=False).metadata_props}
+    except Exception:  # missing or unreadable: made again
+        return False
+    return meta.get("twin_weights_sha256") == sha256_file(folder / cw.FILE)
+
+
+def pending(artifacts: Path, side: str) -> tuple[list[str], list[str]]:
+    """What SIDE's process (torch or tf) has to make: (the models whose twin it builds, the
+    models whose lenet5.onnx it brings back). A conversion already made from today's files by
+    today's code and converters is not made again."""
+    present = frameworks_present(artifacts)
+    twins = [fw for fw in present if fw != side and not _twin_made(artifacts / fw)]
+    trips = [fw for fw in present
+             if not all(_made(artifacts / fw / CONVERSION / name, artifacts / fw / "lenet5.onnx")
+                        for name in ROUNDTRIP_FILES[side])]
+    return twins, trips
+
+
+def up_to_date_line(artifacts: Path, side: str, twins: list[str], trips: list[str]) -> str:
+    """The line that says which of SIDE's conversions are kept as they are ("" if none)."""
+    present = frameworks_present(artifacts)
+    kept = [f"{fw} twin" for fw in present if fw != side and fw not in twins] + [
+        f"{fw} round trip" for fw in present if fw not in trips]
+    return (f"up to date, not made again: {', '.join(kept)} (made from these files by this "
+            "code and these converters)") if kept else ""
 
 
 def make_twin(artifacts: Path, source: str, images: np.ndarray, *,

@@ -29,7 +29,7 @@ from train.core import weights as cw
 from train.core.fileio import sha256_file
 from train import data
 from validate.compare.conversion import (CONVERSION, ONNX2TF_DIR, ONNX2TF_FILE, TFLITE_FILE,
-                                 frameworks_present, write_probabilities, write_status)
+                                 write_probabilities, write_status)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -207,8 +207,9 @@ def onnx2tf_roundtrip(artifacts: Path, framework: str, images: np.ndarray
 
 
 def roundtrip_child(artifacts: Path, data_dir: str | None) -> int:
-    """The onnx2tf child: every lenet5.onnx through onnx2tf; unavailable rows say why."""
-    present = frameworks_present(artifacts)
+    """The onnx2tf child: every lenet5.onnx not made already (common.pending) through
+    onnx2tf; unavailable rows say why."""
+    present = common.pending(artifacts, FRAMEWORK)[1]
     try:
         import onnx2tf  # noqa: F401  (first: it sets TF_USE_LEGACY_KERAS before TF loads)
     except Exception as exc:
@@ -234,7 +235,7 @@ def roundtrip_child(artifacts: Path, data_dir: str | None) -> int:
     return 0
 
 
-def _roundtrips_in_child(artifacts: Path, data_dir: str | None) -> None:
+def _roundtrips_in_child(artifacts: Path, data_dir: str | None, trips: list[str]) -> None:
     cmd = [sys.executable, "-m", "convert", "twins", "tf", "--artifacts", str(artifacts),
            "--roundtrip-child"]
     if data_dir:
@@ -247,7 +248,7 @@ def _roundtrips_in_child(artifacts: Path, data_dir: str | None) -> None:
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     reason = f"failed: onnx2tf child process exited {proc.returncode}" + (
         f" ({lines[-1][:200]})" if lines else "")
-    for framework in frameworks_present(artifacts):
+    for framework in trips:
         for name in (ONNX2TF_FILE, TFLITE_FILE):
             out = artifacts / framework / CONVERSION / name
             if not out.is_file() or out.stat().st_mtime < started:
@@ -258,17 +259,21 @@ def _roundtrips_in_child(artifacts: Path, data_dir: str | None) -> None:
 
 def run(artifacts: Path, data_dir: str | None = None, quick: bool = False) -> dict[str, float]:
     """Everything that needs TF: the Keras twin of each PyTorch-trained model, and the onnx2tf
-    round trip of every lenet5.onnx (in a child). Returns seconds per stage.
+    round trip of every lenet5.onnx (in a child), those not made already from the same files
+    (common.pending). Returns seconds per stage.
 
     `quick` changes nothing: every conversion runs on all 10,000 test images, in seconds.
     """
-    present = frameworks_present(artifacts)
+    twins, trips = common.pending(artifacts, FRAMEWORK)
+    if kept := common.up_to_date_line(artifacts, FRAMEWORK, twins, trips):
+        _log(kept)
     images = data.to_float(data.load_test(data_dir)[0])
-    times = common.make_twins(artifacts, present, FRAMEWORK, images, make_twin, "Keras twin",
+    times = common.make_twins(artifacts, twins, FRAMEWORK, images, make_twin, "Keras twin",
                               "tf2onnx", _log)
-    _log(f"onnx2tf round trips ({', '.join(f'{f}/lenet5.onnx' for f in present)}) in a child "
-         "process")
-    start = time.perf_counter()
-    _roundtrips_in_child(artifacts, data_dir)
-    times["onnx2tf + TFLite (child process)"] = time.perf_counter() - start
+    if trips:
+        _log(f"onnx2tf round trips ({', '.join(f'{f}/lenet5.onnx' for f in trips)}) in a child "
+             "process")
+        start = time.perf_counter()
+        _roundtrips_in_child(artifacts, data_dir, trips)
+        times["onnx2tf + TFLite (child process)"] = time.perf_counter() - start
     return times

@@ -24,8 +24,8 @@ from train.core.errors import first_line as _first_line
 from train.core.fileio import sha256_file
 from train import data
 from train.torch_lenet import predict
-from validate.compare.conversion import (CONVERSION, ONNX2TORCH_FILE, frameworks_present,
-                                 write_probabilities, write_status)
+from validate.compare.conversion import (CONVERSION, ONNX2TORCH_FILE, write_probabilities,
+                                         write_status)
 
 FRAMEWORK = "torch"
 
@@ -128,15 +128,18 @@ def onnx2torch_roundtrip(artifacts: Path, framework: str, images: np.ndarray) ->
 
 def run(artifacts: Path, data_dir: str | None = None, quick: bool = False) -> dict[str, float]:
     """Everything that needs torch: the PyTorch twin of each Keras-trained model, and the
-    onnx2torch round trip of every lenet5.onnx. Returns seconds per stage.
+    onnx2torch round trip of every lenet5.onnx, those not made already from the same files
+    (common.pending). Returns seconds per stage.
 
     `quick` changes nothing: every conversion runs on all 10,000 test images, in seconds.
     """
-    present = frameworks_present(artifacts)
+    twins, trips = common.pending(artifacts, FRAMEWORK)
+    if kept := common.up_to_date_line(artifacts, FRAMEWORK, twins, trips):
+        _log(kept)
     images = data.to_float(data.load_test(data_dir)[0])
-    times = common.make_twins(artifacts, present, FRAMEWORK, images, make_twin, "PyTorch twin",
+    times = common.make_twins(artifacts, twins, FRAMEWORK, images, make_twin, "PyTorch twin",
                               "torch.onnx", _log)
-    for framework in present:
+    for framework in trips:
         _log(f"onnx2torch: {framework}/lenet5.onnx -> PyTorch")
         times[f"{framework} onnx2torch"] = seconds = onnx2torch_roundtrip(
             artifacts, framework, images)

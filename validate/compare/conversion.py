@@ -51,6 +51,34 @@ def frameworks_present(artifacts: Path) -> list[str]:
     return present
 
 
+# What can change a conversion made from the same source file: the converters and frameworks
+# (by installed version) and the toolkit's own code that builds, exports and writes them.
+CONVERTERS = ("numpy", "onnx", "onnxscript", "torch", "onnx2torch", "tensorflow", "keras",
+              "tf2onnx", "onnx2tf", "tf-keras", "ai-edge-litert")
+_MADE_WITH: list[str] = []
+
+
+def made_with() -> str:
+    """A digest of CONVERTERS' versions and the toolkit's convert/ and train/ code: an output
+    written with another digest is made again by a rerun (convert.twins.common.pending)."""
+    if not _MADE_WITH:
+        import hashlib
+        from importlib.metadata import PackageNotFoundError, version
+
+        digest = hashlib.sha256()
+        for name in CONVERTERS:
+            try:
+                digest.update(f"{name} {version(name)}\n".encode())
+            except PackageNotFoundError:
+                digest.update(f"{name} absent\n".encode())
+        root = Path(__file__).resolve().parents[2]
+        for path in sorted([Path(__file__).resolve(), *root.glob("convert/**/*.py"),
+                            *root.glob("train/**/*.py")]):
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+        _MADE_WITH.append(digest.hexdigest())
+    return _MADE_WITH[0]
+
+
 def _write(path: Path, status: str, source_sha256: str, probabilities: np.ndarray | None = None,
            runs_in: str = "", made_by: str = "", seconds: float = 0.0, note: str = "") -> None:
     arrays = {} if probabilities is None else {
@@ -58,7 +86,8 @@ def _write(path: Path, status: str, source_sha256: str, probabilities: np.ndarra
     with atomic_open(path) as handle:
         np.savez(handle, status=np.array(status), source_sha256=np.array(source_sha256),
                  runs_in=np.array(runs_in), made_by=np.array(made_by),
-                 seconds=np.array(float(seconds)), note=np.array(note), **arrays)
+                 seconds=np.array(float(seconds)), note=np.array(note),
+                 made_with=np.array(made_with()), **arrays)
 
 
 def write_probabilities(path: Path, probabilities: np.ndarray, runs_in: str, made_by: str,
@@ -95,6 +124,7 @@ class Output:
     seconds: float
     note: str
     probabilities: np.ndarray | None
+    made_with: str = ""  # made_with() of the process that wrote it ("" in older files)
 
 
 def read_output(path: Path) -> Output:
@@ -103,7 +133,7 @@ def read_output(path: Path) -> Output:
     try:
         return Output(str(f["status"]), str(f["source_sha256"]), str(f["runs_in"]),
                       str(f["made_by"]), float(f["seconds"]), str(f["note"]),
-                      f.get("probabilities"))
+                      f.get("probabilities"), str(f.get("made_with", "")))
     except (KeyError, ValueError, TypeError) as exc:
         raise ArtifactError(f"{path}: not a conversion output ({type(exc).__name__})") from None
 
