@@ -50,11 +50,11 @@ RC = {
 }
 
 
-def _new_figure(width: float, height: float):
+def _new_figure(width: float, height: float, layout: str | None = "constrained"):
     """A figure outside pyplot (no global backend state; the Agg/SVG canvas draws it)."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), layout="constrained")
+    return Figure(figsize=(width, height), layout=layout)
 
 
 def _runtime_color(name: str, seen: dict[str, str]) -> str:
@@ -269,10 +269,8 @@ def fig_flips(ctx: Context):
     lines = (len(shown) + cols - 1) // cols
     # A fixed grid (no layout engine: it measured every title again and cost most of a failed
     # report's time): each cell a 1.45 x 2.0 in box, its four title lines in the top 0.6 in.
-    from matplotlib.figure import Figure
-
     width, height, titles, margin = 1.45 * cols, 2.0 * lines, 0.6, 0.05
-    fig = Figure(figsize=(width, height))
+    fig = _new_figure(width, height, layout=None)
     axes_h = (height - margin - titles * lines) / lines
     axes = np.atleast_1d(fig.subplots(lines, cols, squeeze=False, gridspec_kw=dict(
         left=margin / width, right=1 - margin / width, bottom=margin / height,
