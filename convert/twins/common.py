@@ -1,4 +1,5 @@
-"""Framework-free steps both twin sides share: a twin built from weights.npz and saved, and the
+"""Framework-free steps both twin sides share: which conversions a run has to make (`pending`:
+not those already made from the same files), a twin built from weights.npz and saved, and the
 loop over the trained models that have a twin on this side.
 
 Imports no framework: each side passes in its own builder, predictor and exporter.
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import onnx
 
 from train.core import weights as cw
 from train.core.fileio import sha256_file
@@ -24,29 +26,32 @@ from validate.compare.conversion import (CONVERSION, ONNX2TF_FILE, ONNX2TORCH_FI
 ROUNDTRIP_FILES = {"torch": (ONNX2TORCH_FILE,), "tf": (ONNX2TF_FILE, TFLITE_FILE)}
 
 
-def _made(path: Path, source: Path) -> bool:
-    """Whether PATH is a conversion made ("ok") from SOURCE as it is now, by this toolkit and
-    these converters (validate.compare.conversion.made_with)."""
+def _sha(path: Path) -> str | None:
+    return sha256_file(path) if path.is_file() else None
+
+
+def _made(path: Path, source_sha: str | None) -> bool:
+    """Whether PATH is a conversion made ("ok") from the source file of digest SOURCE_SHA (None:
+    no source) by this toolkit and these converters (conversion.made_with)."""
     try:
         out = read_output(path)
     except (ArtifactError, OSError):
         return False
-    return (out.status == "ok" and out.made_with == made_with()
-            and source.is_file() and out.source_sha256 == sha256_file(source))
+    return (out.status == "ok" and out.made_with == made_with() and source_sha is not None
+            and out.source_sha256 == source_sha)
 
 
 def _twin_made(folder: Path) -> bool:
     """Whether FOLDER's twin (twin_native.npz and twin.onnx) is made from its weights.npz."""
-    import onnx
-
-    if not _made(folder / CONVERSION / TWIN_NATIVE, folder / cw.FILE):
+    weights_sha = _sha(folder / cw.FILE)
+    if not _made(folder / CONVERSION / TWIN_NATIVE, weights_sha):
         return False
     try:
         meta = {p.key: p.value for p in onnx.load(str(folder / CONVERSION / TWIN_ONNX),
                                                   load_external_data=False).metadata_props}
     except Exception:  # missing or unreadable: made again
         return False
-    return meta.get("twin_weights_sha256") == sha256_file(folder / cw.FILE)
+    return meta.get("twin_weights_sha256") == weights_sha
 
 
 def pending(artifacts: Path, side: str) -> tuple[list[str], list[str]]:
@@ -55,9 +60,12 @@ def pending(artifacts: Path, side: str) -> tuple[list[str], list[str]]:
     today's code and converters is not made again."""
     present = frameworks_present(artifacts)
     twins = [fw for fw in present if fw != side and not _twin_made(artifacts / fw)]
-    trips = [fw for fw in present
-             if not all(_made(artifacts / fw / CONVERSION / name, artifacts / fw / "lenet5.onnx")
-                        for name in ROUNDTRIP_FILES[side])]
+    trips = []
+    for fw in present:
+        onnx_sha = _sha(artifacts / fw / "lenet5.onnx")
+        if not all(_made(artifacts / fw / CONVERSION / name, onnx_sha)
+                   for name in ROUNDTRIP_FILES[side]):
+            trips.append(fw)
     return twins, trips
 
 
