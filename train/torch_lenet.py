@@ -5,6 +5,9 @@ Imports torch only; never tensorflow (DESIGN.md: one framework per process).
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
+import importlib.util
 import io
 import os
 from pathlib import Path
@@ -43,9 +46,20 @@ class LeNet5(nn.Module):
 
 def versions() -> dict[str, str]:
     """This framework's versions for history.json and ONNX metadata."""
-    import torchvision
+    return {"torch": torch.__version__, "torchvision": torchvision_version()}
 
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__}
+
+def torchvision_version() -> str:
+    """`torchvision.__version__` (with its build's label, e.g. 0.29.1+cu130), read from its
+    version.py: importing torchvision pulls in torch._dynamo, 2 s that nothing here uses.
+    The installed distribution's version where that file says nothing."""
+    spec = importlib.util.find_spec("torchvision")
+    path = Path(spec.origin).with_name("version.py") if spec and spec.origin else None
+    if path and path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("__version__ ="):
+                return str(ast.literal_eval(line.partition("=")[2].strip()))
+    return importlib.metadata.version("torchvision")
 
 
 def set_threads(threads: int | None) -> int:
@@ -56,10 +70,16 @@ def set_threads(threads: int | None) -> int:
 
 
 def make_deterministic(seed: int) -> None:
-    """Seed every generator and refuse nondeterministic kernels."""
+    """Seed every generator and refuse nondeterministic kernels.
+
+    The kernels' switch is set directly: `torch.use_deterministic_algorithms(True)` also sets
+    torch.compile's (inductor's) flag, and importing inductor's config for it pulls in
+    torch._dynamo and torch._inductor, 2.5 s of every training process. Nothing here compiles.
+    """
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
+    torch._C._set_deterministic_algorithms(True)
+    assert torch.are_deterministic_algorithms_enabled()
 
 
 def parameter_count(model: nn.Module) -> int:
