@@ -241,3 +241,42 @@ def _telemetry_runs(quick_artifacts, data_dir, tmp_path, ROOT) -> None:
     assert left["1"] == [] and left[None] == [], left
     # The check can see the files: with telemetry on, both runtimes leave them.
     assert any(".ses" in p for p in left["0"]) and any("mat-debug-" in p for p in left["0"])
+
+
+@pytest.mark.parametrize("pads, strides, auto_pad, group", [
+    ([2, 2, 2, 2], [1, 1], "NOTSET", 1),   # LeNet's first convolution
+    ([0, 0, 0, 0], [1, 1], "NOTSET", 1),   # its second
+    ([1, 0, 2, 3], [2, 3], "NOTSET", 1),   # uneven pads, strides
+    (None, [1, 1], "VALID", 1),
+    (None, [1, 1], "SAME_UPPER", 1),       # left to onnx.reference
+    ([1, 1, 1, 1], [1, 1], "NOTSET", 2),   # grouped: left to onnx.reference
+])
+def test_the_references_own_conv_and_pool_agree_with_onnx_reference(pads, strides, auto_pad,
+                                                                     group):
+    """The float64 reference's vectorised Conv and AveragePool against onnx.reference's own
+    operators: the same sums in another order, so float64 rounding at most."""
+    from onnx.reference import ReferenceEvaluator
+
+    from validate.runners.reference import evaluator
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4, 13, 11))
+    w = rng.standard_normal((6, 4 // group, 3, 5))
+    attrs = {"auto_pad": auto_pad, "strides": strides, "group": group}
+    if pads is not None:
+        attrs["pads"] = pads
+    d = T.DOUBLE
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], **attrs),
+         helper.make_node("AveragePool", ["c"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+         helper.make_node("AveragePool", ["c"], ["q"], kernel_shape=[3, 2], strides=[1, 2])],
+        "convpool", [helper.make_tensor_value_info("x", d, None)],
+        [helper.make_tensor_value_info(n, d, None) for n in ("c", "p", "q")],
+        [onnx.numpy_helper.from_array(w, "w"),
+         onnx.numpy_helper.from_array(rng.standard_normal(6), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    ours = evaluator(model).run(None, {"x": x})
+    theirs = ReferenceEvaluator(model).run(None, {"x": x})
+    for a, b in zip(ours, theirs):
+        assert a.shape == b.shape and a.dtype == b.dtype == np.float64
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)

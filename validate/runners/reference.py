@@ -5,7 +5,10 @@ Every float32 initializer, input, output, value_info, Constant and Cast target i
 float64, so the whole graph computes in double precision. onnx.reference's own AveragePool
 loops in Python over every output element (about 18 ms per image for LeNet-5); it is replaced
 by a vectorised numpy version for the plain case (2-D, no padding, no dilation, floor mode) and
-kept for every other case. Every other operator is the reference implementation's own.
+kept for every other case. Conv is computed by one tensordot over strided windows in the plain
+case (2-D, one group, no dilation), half the time of the reference's gathered columns; the same
+sums of float64 products, in another order. Every other operator is the reference
+implementation's own.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from onnx import TensorProto, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.ops.op_average_pool import AveragePool_11, AveragePool_19
+from onnx.reference.ops.op_conv import Conv
 
 from validate.runners.base import Runner, RunnerFailed
 from validate.runners.ort import one_line
@@ -56,8 +60,26 @@ def to_float64(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _plain_average_pool(x: np.ndarray, kernel: list[int], strides: list[int]) -> np.ndarray:
+    kh, kw = kernel
+    if list(strides) == [kh, kw]:  # windows side by side (LeNet's): a reshape, no copy
+        n, c, h, w = x.shape
+        x = x[:, :, :h - h % kh, :w - w % kw]
+        return x.reshape(n, c, h // kh, kh, w // kw, kw).mean(axis=(3, 5)).astype(x.dtype)
     windows = sliding_window_view(x, tuple(kernel), axis=(2, 3))[:, :, ::strides[0], ::strides[1]]
     return windows.mean(axis=(-2, -1)).astype(x.dtype)
+
+
+def _plain_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pads: list[int],
+                strides: list[int]) -> np.ndarray:
+    """2-D convolution, one group, no dilation, explicit pads [top, left, bottom, right]: every
+    window against every kernel in one tensordot (onnx.reference gathers im2col columns by
+    fancy indexing, about twice the time)."""
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    windows = sliding_window_view(xp, w.shape[2:], axis=(2, 3))[:, :, ::strides[0], ::strides[1]]
+    out = np.tensordot(windows, w, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2)
+    if b is not None:
+        out = out + b.reshape(1, -1, 1, 1)
+    return np.ascontiguousarray(out, dtype=x.dtype)
 
 
 def _fast_pool(base):
@@ -81,11 +103,33 @@ def _fast_pool(base):
     return AveragePool
 
 
+class _FastConv(Conv):
+    def _run(self, X, W, B=None, auto_pad=None, dilations=None, group=None,
+             kernel_shape=None, pads=None, strides=None):
+        pads_ = list(pads or self.pads or [0, 0, 0, 0])
+        strides_ = list(strides or self.strides or [1, 1])
+        dil = list(dilations or self.dilations or [1, 1])
+        plain = (X.ndim == 4 and W.ndim == 4 and (group or self.group or 1) == 1
+                 and X.shape[1] == W.shape[1] and dil == [1, 1] and len(pads_) == 4
+                 and (auto_pad or self.auto_pad or "NOTSET") in ("NOTSET", "VALID")
+                 and list(kernel_shape or self.kernel_shape or W.shape[2:]) == list(W.shape[2:]))
+        if plain:
+            if (auto_pad or self.auto_pad) == "VALID":
+                pads_ = [0, 0, 0, 0]
+            return (_plain_conv(X, W, B, pads_, strides_),)
+        return super()._run(X, W, B, auto_pad=auto_pad, dilations=dilations, group=group,
+                            kernel_shape=kernel_shape, pads=pads, strides=strides)
+
+
+_FastConv.__name__ = "Conv"
+_FastConv.op_domain = ""
+
+
 def evaluator(model: onnx.ModelProto) -> ReferenceEvaluator:
-    """A ReferenceEvaluator with the vectorised AveragePool for the graph's opset."""
+    """A ReferenceEvaluator with the vectorised AveragePool and Conv for the graph's opset."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
     pool = _fast_pool(AveragePool_19 if opset >= 19 else AveragePool_11)
-    return ReferenceEvaluator(model, new_ops=[pool])
+    return ReferenceEvaluator(model, new_ops=[pool, _FastConv])
 
 
 class ReferenceRunner(Runner):
