@@ -42,14 +42,19 @@ def _tiny_model(folder, y_offset: float = 0.0, int_op: str = "Add"):
 
 
 def test_one_of_our_files_beside_its_reference(quick_artifacts, tmp_path):
+    """One file named, its reference.npz beside it: judged as LeNet-5 on the full test set,
+    timed beside its native model. onnxruntime CPU only: every runtime on one named file is
+    test_one_of_our_files_alone's, and test_a_model_that_is_not_lenet's with latency."""
     path = quick_artifacts / "tf" / "lenet5.onnx"
-    proc = run("validate", str(path), *QUICK, "--output", str(tmp_path))
+    proc = run("validate", str(path), *QUICK, "--runtimes", "cpu", "--output", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     model = report["models"]["tf"]
     assert model["kind"] == "lenet5" and model["passed"]
     assert model["runtimes"]["onnxruntime-cpu"]["flip_count"] == 0  # full-test-set parity
     assert all(s["passed"] for s in model["runtimes"]["onnxruntime-cpu"]["test_data_sets"])
+    # the native model beside the file (model.keras) is timed against onnxruntime
+    assert {r["runtime"] for r in model["latency"]} == {"tensorflow", "onnxruntime"}
 
 
 def test_one_of_our_files_alone(quick_artifacts, tmp_path):
