@@ -50,11 +50,33 @@ RC = {
 }
 
 
-def _new_figure(width: float, height: float, layout: str | None = "constrained"):
-    """A figure outside pyplot (no global backend state; the Agg/SVG canvas draws it)."""
+def _new_figure(width: float, height: float):
+    """A figure outside pyplot (no global backend state; the Agg/SVG canvas draws it), with no
+    layout engine: each figure places its axes itself (_grid), in inches. A layout engine
+    measures every label again before drawing: it took half of a report's figure time."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), layout=layout)
+    return Figure(figsize=(width, height), layout=None)
+
+
+def _grid(fig, rows: int, cols: int, left: float, right: float, bottom: float, top: float,
+          wgap: float = 0.0, hgap: float = 0.0) -> dict:
+    """gridspec_kw placing a rows x cols grid of axes with these margins and gaps (inches)."""
+    width, height = fig.get_size_inches()
+    axes_w = (width - left - right - wgap * (cols - 1)) / cols
+    axes_h = (height - top - bottom - hgap * (rows - 1)) / rows
+    return dict(left=left / width, right=1 - right / width, bottom=bottom / height,
+                top=1 - top / height, wspace=wgap / axes_w, hspace=hgap / axes_h)
+
+
+def _text_width(labels, size: float) -> float:
+    """The widest label's width in inches at this font size (the style's font)."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    prop = FontProperties(family=RC["font.family"], size=size)
+    measure = TextToPath().get_text_width_height_descent
+    return max((measure(str(t), prop, ismath=False)[0] for t in labels), default=0.0) / 72
 
 
 def _runtime_color(name: str, seen: dict[str, str]) -> str:
@@ -73,7 +95,8 @@ def fig_training(ctx: Context):
     fig = _new_figure(10, 3.4)
     from matplotlib.ticker import MaxNLocator
 
-    ax_loss, ax_acc = fig.subplots(1, 2)
+    ax_loss, ax_acc = fig.subplots(1, 2, gridspec_kw=_grid(fig, 1, 2, left=0.7, right=0.15,
+                                                            bottom=0.5, top=0.3, wgap=0.85))
     for fw in fws:
         train = ctx.models[fw]["training"]
         hist = train["history"]
@@ -106,7 +129,12 @@ def fig_confusion(ctx: Context):
         return None
     names = ctx.class_names()
     fig = _new_figure(5.4 * len(mats), 5.2)
-    axes = np.atleast_1d(fig.subplots(1, len(mats)))
+    # room for the class names: beside the rows, and below the columns (turned 45 degrees)
+    label = _text_width(names, RC["ytick.labelsize"])
+    side = 0.4 + label
+    axes = np.atleast_1d(fig.subplots(1, len(mats), gridspec_kw=_grid(
+        fig, 1, len(mats), left=side, right=0.15, bottom=0.45 + 0.72 * label, top=0.3,
+        wgap=side + 0.1)))
     for ax, (fw, (source, m)) in zip(axes, mats):
         m = np.asarray(m, dtype=float)
         rows = m.sum(1, keepdims=True)
@@ -131,7 +159,8 @@ def fig_per_class(ctx: Context):
         return None
     names = ctx.class_names()
     fig = _new_figure(8, 4.2)
-    ax = fig.subplots()
+    ax = fig.subplots(gridspec_kw=_grid(fig, 1, 1, left=0.25 + _text_width(names, RC["ytick.labelsize"]),
+                                        right=0.2, bottom=0.5, top=0.3))
     y = np.arange(len(names))
     height = 0.8 / len(acc)
     for k, (fw, values) in enumerate(acc.items()):
@@ -152,7 +181,8 @@ def fig_parity(ctx: Context):
     if not panels:
         return None
     fig = _new_figure(5.2 * len(panels), 3.8)
-    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True, gridspec_kw=_grid(
+        fig, 1, len(panels), left=0.75, right=0.15, bottom=0.5, top=0.3, wgap=0.2)))
     seen: dict[str, str] = {}
     for ax, (fw, runtimes) in zip(axes, panels):
         lowest = 1.0
@@ -214,8 +244,15 @@ def fig_latency(ctx: Context):
     # one slot per runtime across every panel, so a runtime sits at the same offset everywhere
     slots = list(dict.fromkeys(_slot(fw, r) for fw in fws for r in ctx.models[fw]["latency"]))
     legend_rows = -(-len(slots) // LEGEND_COLUMNS)  # each row of the legend needs its height
-    fig = _new_figure(5.4 * len(fws), 3.3 * len(threads) + 0.4 + 0.25 * legend_rows)
-    axes = np.atleast_2d(fig.subplots(len(threads), len(fws), sharey=True, squeeze=False))
+    # the legend's title on one line, or on two under a single column of panels
+    legend_title = ("dot: p50 (median over rounds); bar: range of the round p50s;"
+                    + (" " if len(fws) > 1 else "\n") + "whisker: tick at p90, top at p99")
+    legend_h = 0.2 * (legend_title.count("\n") + 1) + 0.2 * legend_rows  # title, runtimes
+    fig = _new_figure(5.4 * len(fws), 3.3 * len(threads) + 0.2 + legend_h)
+    axes = np.atleast_2d(fig.subplots(len(threads), len(fws), sharey=True, squeeze=False,
+                                      gridspec_kw=_grid(fig, len(threads), len(fws), left=0.7,
+                                                        right=0.15, bottom=0.35 + legend_h,
+                                                        top=0.3, wgap=0.35, hgap=0.6)))
     seen: dict[str, str] = {}
     handles: dict[str, object] = {}
     width = 0.8 / len(slots)
@@ -251,9 +288,9 @@ def fig_latency(ctx: Context):
             ax.set_xlim(-0.5, len(batches) - 0.5)
             ax.grid(axis="x", visible=False)
             ax.set(title=f"{title(fw)}, {t} thread{'s' * (t > 1)}", ylabel="ms per batch")
-    fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
-               ncols=min(len(handles), LEGEND_COLUMNS), title="dot: p50 (median over rounds); bar: range "
-               "of the round p50s; whisker: tick at p90, top at p99")
+    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center",
+               bbox_to_anchor=(0.5, 0.02 / fig.get_size_inches()[1]),
+               ncols=min(len(handles), LEGEND_COLUMNS), title=legend_title)
     return fig
 
 
@@ -267,10 +304,9 @@ def fig_flips(ctx: Context):
     shown = rows[:MAX_FLIP_IMAGES]
     cols = min(len(shown), 8)
     lines = (len(shown) + cols - 1) // cols
-    # A fixed grid (no layout engine: it measured every title again and cost most of a failed
-    # report's time): each cell a 1.45 x 2.0 in box, its four title lines in the top 0.6 in.
+    # Each cell a 1.45 x 2.0 in box, its four title lines in the top 0.6 in.
     width, height, titles, margin = 1.45 * cols, 2.0 * lines, 0.6, 0.05
-    fig = _new_figure(width, height, layout=None)
+    fig = _new_figure(width, height)
     axes_h = (height - margin - titles * lines) / lines
     axes = np.atleast_1d(fig.subplots(lines, cols, squeeze=False, gridspec_kw=dict(
         left=margin / width, right=1 - margin / width, bottom=margin / height,
