@@ -36,6 +36,7 @@ RC = {
     "font.family": "DejaVu Sans",
     "font.size": 9.0,
     "axes.titlesize": 10.0,
+    "axes.titley": 1.0,  # titles just above the axes (nothing is drawn there); auto measured each axis
     "axes.labelsize": 9.0,
     "legend.fontsize": 8.0,
     "xtick.labelsize": 8.0,
