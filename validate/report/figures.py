@@ -36,7 +36,7 @@ RC = {
     "font.family": "DejaVu Sans",
     "font.size": 9.0,
     "axes.titlesize": 10.0,
-    "axes.titley": 1.0,  # titles just above the axes (nothing is drawn there); auto measured each axis
+    "axes.titley": 1.0,  # just above the axes (nothing is drawn there): no measuring of axes
     "axes.labelsize": 9.0,
     "legend.fontsize": 8.0,
     "xtick.labelsize": 8.0,
@@ -160,8 +160,8 @@ def fig_per_class(ctx: Context):
         return None
     names = ctx.class_names()
     fig = _new_figure(8, 4.2)
-    ax = fig.subplots(gridspec_kw=_grid(fig, 1, 1, left=0.25 + _text_width(names, RC["ytick.labelsize"]),
-                                        right=0.2, bottom=0.5, top=0.3))
+    left = 0.25 + _text_width(names, RC["ytick.labelsize"])
+    ax = fig.subplots(gridspec_kw=_grid(fig, 1, 1, left=left, right=0.2, bottom=0.5, top=0.3))
     y = np.arange(len(names))
     height = 0.8 / len(acc)
     for k, (fw, values) in enumerate(acc.items()):
