@@ -306,12 +306,11 @@ def fig_flips(ctx: Context):
     cols = min(len(shown), 8)
     lines = (len(shown) + cols - 1) // cols
     # Each cell a 1.45 x 2.0 in box, its four title lines in the top 0.6 in.
-    width, height, titles, margin = 1.45 * cols, 2.0 * lines, 0.6, 0.05
-    fig = _new_figure(width, height)
-    axes_h = (height - margin - titles * lines) / lines
-    axes = np.atleast_1d(fig.subplots(lines, cols, squeeze=False, gridspec_kw=dict(
-        left=margin / width, right=1 - margin / width, bottom=margin / height,
-        top=1 - titles / height, hspace=titles / axes_h, wspace=0.06))).ravel()
+    titles, margin = 0.6, 0.05
+    fig = _new_figure(1.45 * cols, 2.0 * lines)
+    axes = np.atleast_1d(fig.subplots(lines, cols, squeeze=False, gridspec_kw=_grid(
+        fig, lines, cols, left=margin, right=margin, bottom=margin, top=titles, wgap=0.08,
+        hgap=titles))).ravel()
 
     def name(c):
         return "not recorded" if c is None else names[int(c)]
