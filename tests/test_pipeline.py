@@ -100,7 +100,8 @@ def test_one_framework_trained_again_gets_fresh_conversions(artifacts_copy):
     round trips are made again from the new weights (they were judged stale and failed)."""
     before = (artifacts_copy / "torch" / "conversion" / "twin_native.npz").read_bytes()
     proc = run("convert", "all", "--quick", "--frameworks", "torch", "--seed", "7",
-               "--artifacts", str(artifacts_copy), "--runtimes", "cpu", "--no-latency")
+               "--threads", "1", "--artifacts", str(artifacts_copy), "--runtimes", "cpu",
+               "--no-latency")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "== twins torch: done" in proc.stdout and "== twins tf: done" in proc.stdout
     # What the new weights do not change is kept: the Keras model's twin and round trips.
