@@ -5,12 +5,13 @@ Imports tensorflow/keras/tf2onnx only; runs in a process of its own.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from train.quiet import tensorflow_environment
+
+tensorflow_environment()  # before TF is imported: oneDNN kernels on, C++ logging at errors
 
 import tensorflow as tf  # noqa: E402
 import tf2onnx  # noqa: E402

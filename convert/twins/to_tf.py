@@ -30,8 +30,9 @@ from train.core.fileio import sha256_file
 from train import data
 from validate.compare.conversion import (CONVERSION, ONNX2TF_DIR, ONNX2TF_FILE, TFLITE_FILE,
                                  write_probabilities, write_status)
+from train.quiet import tensorflow_environment
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+tensorflow_environment()  # before TF is imported: oneDNN kernels on, C++ logging at errors
 
 FRAMEWORK = "tf"
 ONNX2TF_PIN = "onnx2tf==1.29.24"
