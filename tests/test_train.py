@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -162,10 +163,29 @@ def test_one_full_epoch_reaches_80_percent(framework, parameters, tmp_path):
     ("convert.export.from_tf", ("torch", "torchvision")),
 ])
 def test_framework_boundaries(module, forbidden):
+    """No other framework comes in; and TensorFlow, where it does, runs its oneDNN kernels
+    (train.quiet: TF leaves them off on CPUs without AVX-512 VNNI/BF16 or AMX)."""
     proc = python(f"import importlib, sys\nimportlib.import_module({module!r})\n"
-                  f"print(sorted(m for m in {list(forbidden)!r} if m in sys.modules))")
+                  f"print(sorted(m for m in {list(forbidden)!r} if m in sys.modules))\n"
+                  "if 'tensorflow' in sys.modules:\n"
+                  "    from tensorflow.python.util import _pywrap_util_port\n"
+                  "    print('oneDNN', _pywrap_util_port.IsMklEnabled())\n")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split("\n")[-2] == "[]"
+    lines = proc.stdout.splitlines()
+    assert "[]" in lines
+    assert ("oneDNN True" in lines) == ("torch" in forbidden), lines
+
+
+def test_tensorflow_environment_keeps_what_the_user_set(monkeypatch):
+    from train.quiet import tensorflow_environment
+
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    tensorflow_environment()
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0" and os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS")
+    tensorflow_environment()
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"
 
 
 FRAMEWORKS_AND_CONVERTERS = ("torch", "torchvision", "tensorflow", "keras", "tf2onnx", "onnx2tf",
