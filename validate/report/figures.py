@@ -222,7 +222,7 @@ def fig_parity(ctx: Context):
                xlabel=("relative difference (every value of every output)" if relative
                        else "absolute difference (10 probabilities x 10,000 images)"),
                ylabel="count (symlog)")
-        ax.legend(loc="lower left")  # few small differences are rare: counts there are high
+        ax.legend(loc="lower left")  # small differences are never rare: that corner stays empty
     return fig
 
 
