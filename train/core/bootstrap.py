@@ -41,6 +41,16 @@ def _installed() -> bool:
     return STAMP.is_file() and STAMP.read_text().strip() == _wanted()
 
 
+def _has_pip(python: Path) -> bool:
+    return subprocess.run([str(python), "-c", "import pip"], capture_output=True).returncode == 0
+
+
+def _venv_to_create() -> bool:
+    """No .venv yet, or one that a first run stopped while making (its interpreter, no pip):
+    the latter is made again, whole."""
+    return not _venv_python().is_file() or not (_installed() or _has_pip(_venv_python()))
+
+
 def _free_gb() -> float:
     return shutil.disk_usage(VENV if VENV.exists() else ROOT).free / 1e9
 
@@ -166,7 +176,7 @@ def ensure_environment(argv: list[str], module: str = "convert") -> None:
     if all(importlib.util.find_spec(m) for m in MODULES):
         ensure_js_packages()
         return
-    if not _venv_python().is_file():
+    if _venv_to_create():
         print(f"bootstrap: creating {VENV}", file=sys.stderr, flush=True)
         venv.create(VENV, with_pip=True, clear=VENV.exists())
     if not _installed():
