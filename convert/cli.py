@@ -187,6 +187,9 @@ def set_threads(framework: str, threads: int) -> None:
 
 
 def _twins(args: argparse.Namespace) -> int:
+    from validate.compare.conversion import frameworks_present
+
+    frameworks_present(args.artifacts)  # no exported model: the one line before the import
     _framework(args.framework)
     if args.framework == "torch":
         from convert.twins import to_torch as side
