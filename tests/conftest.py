@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import train.core  # noqa: F401  (onnxruntime's telemetry off in this process too, as in the toolkit's)
@@ -61,6 +62,25 @@ def data_dir() -> Path:
     return DATA_DIR
 
 
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """ROOT/NAME made by `make(ROOT/NAME)` once per test run, then read (never written) by
+    every test that asks. Under pytest-xdist every worker has its own session: the first to
+    get here makes it, the others wait on the lock and reuse its folder (the workers' root)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder, done = root / name, root / f"{name}.made"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            if folder.exists():  # a worker that failed half-way: start again
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
+            make(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def quick_artifacts(tmp_path_factory) -> Path:
     """`python -m convert all --quick` once, end to end; tests read (never write) its output.
@@ -70,20 +90,48 @@ def quick_artifacts(tmp_path_factory) -> Path:
     """
     if os.environ.get("LENET5_TEST_ARTIFACTS"):
         return Path(os.environ["LENET5_TEST_ARTIFACTS"])
-    # Under pytest-xdist every worker has its own session: the first to get here runs the
-    # pipeline, the others wait on the lock and reuse its folder (the workers' common root).
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent
-    artifacts, done = root / "quick" / "artifacts", root / "quick" / "passed"
-    artifacts.parent.mkdir(parents=True, exist_ok=True)
-    with open(root / "quick.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.exists():
-            proc = run("convert", "all", "--quick", "--artifacts", str(artifacts))
-            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-            done.touch()
-    return artifacts
+
+    def make(folder: Path) -> None:
+        proc = run("convert", "all", "--quick", "--artifacts", str(folder / "artifacts"))
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    return made_once(tmp_path_factory, "quick", make) / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn_export(tmp_path_factory) -> Path:
+    """`python -m convert export tests.byom_models:tiny_cnn --count 64` (PyTorch, logits,
+    INT8/FP16 variants; docs/byom.md) once: tests of the export and of its validation read it."""
+    def make(folder: Path) -> None:
+        proc = run("convert", "export", "tests.byom_models:tiny_cnn", "--out",
+                   str(folder / "tiny"), "--count", "64")
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        assert "[export tiny_cnn] onnxruntime vs native" in proc.stdout
+
+    return made_once(tmp_path_factory, "byom_tiny", make) / "tiny"
+
+
+@pytest.fixture(scope="session")
+def two_heads_export(tmp_path_factory) -> Path:
+    """tests.byom_models:two_heads exported once from a TOML spec (kwargs, two inputs, a data
+    file named relative to the spec): an image and int64 token ids in, logits and an
+    embedding out, 40 real test images with their labels."""
+    def make(folder: Path) -> None:
+        from train import data
+
+        images, labels = data.load_test(DATA_DIR)
+        tokens = np.random.default_rng(0).integers(0, 50, (40, 6)).astype(np.int64)
+        np.savez(folder / "in.npz", image=data.to_float(images[:40]), tokens=tokens,
+                 labels=labels[:40].astype(np.int64))
+        (folder / "two.toml").write_text(
+            'factory = "tests.byom_models:two_heads"\nkwargs = { vocab = 50 }\n'
+            '[[inputs]]\nname = "image"\nshape = ["batch", 1, 28, 28]\n'
+            '[[inputs]]\nname = "tokens"\ndtype = "int64"\nshape = ["batch", 6]\n'
+            'layout = "none"\n[data]\nsource = "in.npz"\n')
+        proc = run("convert", "export", str(folder / "two.toml"), "--out", str(folder / "two"))
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+    return made_once(tmp_path_factory, "byom_two", make) / "two"
 
 
 @pytest.fixture
@@ -95,12 +143,16 @@ def artifacts_copy(quick_artifacts, tmp_path) -> Path:
 
 
 PIPELINE_FIXTURES = {"quick_artifacts", "artifacts_copy"}
+EXPORT_FIXTURES = {"tiny_cnn_export", "two_heads_export"}  # each starts a framework: slow
 
 
 def pytest_collection_modifyitems(config, items):
     """Sort every test into its tier (see the module docstring)."""
     for item in items:
-        if PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if PIPELINE_FIXTURES & fixtures:
             item.add_marker(pytest.mark.pipeline)
+        if EXPORT_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.slow)
         if not (item.get_closest_marker("pipeline") or item.get_closest_marker("slow")):
             item.add_marker(pytest.mark.fast)

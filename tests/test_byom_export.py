@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.conftest import DATA_DIR, error_lines, python, run
+from tests.conftest import error_lines, python, run
 from train.core.fileio import read_npz, read_sha256sums, sha256_file
 from train.core.errors import ToolkitError
 from train.core.spec import load_spec, read_spec_json, with_flags
@@ -188,17 +188,9 @@ def mapped(doc_folder: Path) -> list[str]:
     return [e["layer"] for e in json.loads(meta["layer_map"])["layers"]]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("byom") / "tiny"
-    proc = export("tests.byom_models:tiny_cnn", "--out", str(out), "--count", "64")
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "[export tiny_cnn] onnxruntime vs native" in proc.stdout
-    return out
-
-
 @pytest.mark.slow
-def test_tiny_cnn(tiny):
+def test_tiny_cnn(tiny_cnn_export):
+    tiny = tiny_cnn_export
     doc = check_folder(tiny)
     assert doc["framework"] == "torch" and doc["data"] == {**doc["data"], "count": 64,
                                                            "labels": True, "random": False}
@@ -235,9 +227,9 @@ print(framework, max(float(np.abs(out[k] - ref[k]).max()) for k in ref))
 
 
 @pytest.mark.slow
-def test_native_model_rebuilt(tiny):
+def test_native_model_rebuilt(tiny_cnn_export):
     """load_native (the latency server's builder) gives the reference outputs again."""
-    assert native_vs_reference(tiny) == ("torch", 0.0)
+    assert native_vs_reference(tiny_cnn_export) == ("torch", 0.0)
 
 
 def same_reference(a: Path, b: Path) -> None:
@@ -248,10 +240,11 @@ def same_reference(a: Path, b: Path) -> None:
 
 
 @pytest.mark.slow
-def test_failed_export_leaves_the_earlier_one_whole(tiny, tmp_path):
+def test_failed_export_leaves_the_earlier_one_whole(tiny_cnn_export, tmp_path):
     """An export that fails half-way (the model refuses the inputs after they were read)
     over an earlier export: the folder keeps the earlier export, every file, and nothing of
     the failed one is left beside it."""
+    tiny = tiny_cnn_export
     out = tmp_path / "model"
     shutil.copytree(tiny, out)
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
@@ -262,8 +255,9 @@ def test_failed_export_leaves_the_earlier_one_whole(tiny, tmp_path):
 
 
 @pytest.mark.slow
-def test_checkpoint_is_loaded(tiny, tmp_path):
+def test_checkpoint_is_loaded(tiny_cnn_export, tmp_path):
     """The exported weights.pt as a checkpoint, under another seed: the same model again."""
+    tiny = tiny_cnn_export
     out = tmp_path / "again"
     proc = export("tests.byom_models:tiny_cnn", "--checkpoint", str(tiny / "weights.pt"),
                   "--seed", "5", "--count", "64", "--out", str(out))
@@ -272,24 +266,10 @@ def test_checkpoint_is_loaded(tiny, tmp_path):
     assert read_spec_json(out)["checkpoint"]["sha256"] == sha256_file(tiny / "weights.pt")
 
 
-@pytest.mark.slow
-def test_two_inputs_two_outputs(tmp_path):
-    """An image and int64 token ids in, logits and an embedding out, from a TOML spec and a
-    .npz of real images (labels kept)."""
-    from train import data
-
-    images, labels = data.load_test(DATA_DIR)
-    tokens = np.random.default_rng(0).integers(0, 50, (40, 6)).astype(np.int64)
-    np.savez(tmp_path / "in.npz", image=data.to_float(images[:40]), tokens=tokens,
-             labels=labels[:40].astype(np.int64))
-    (tmp_path / "two.toml").write_text(
-        'factory = "tests.byom_models:two_heads"\nkwargs = { vocab = 50 }\n'
-        '[[inputs]]\nname = "image"\nshape = ["batch", 1, 28, 28]\n'
-        '[[inputs]]\nname = "tokens"\ndtype = "int64"\nshape = ["batch", 6]\nlayout = "none"\n'
-        '[data]\nsource = "in.npz"\n')
-    out = tmp_path / "two"
-    proc = export(str(tmp_path / "two.toml"), "--out", str(out))
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+def test_two_inputs_two_outputs(two_heads_export):
+    """An image and int64 token ids in, logits and an embedding out, from a TOML spec (kwargs,
+    a data file named relative to it) and a .npz of real images (labels kept)."""
+    out = two_heads_export
     doc = check_folder(out)
     assert [i["name"] for i in doc["inputs"]] == ["image", "tokens"]
     assert [o["name"] for o in doc["outputs"]] == ["output_0", "output_1"]

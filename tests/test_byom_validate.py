@@ -1,8 +1,9 @@
 """`python -m validate DIR` on model exports (docs/byom.md): the same report as for LeNet-5.
 
 End to end on small models exported by `python -m convert export` (slow: each export starts a
-framework), plus checks on a folder written by hand with onnx + numpy: the gate and plan()
-(fast), a runtime that cannot run an operator (slow: it starts the validator).
+framework; made once per run in tests/conftest.py and shared with tests/test_byom_export.py),
+plus checks on a folder written by hand with onnx + numpy: the gate and plan() (fast), a
+runtime that cannot run an operator (slow: it starts the validator).
 """
 
 from __future__ import annotations
@@ -17,26 +18,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.conftest import DATA_DIR, error_lines, run
+from tests.conftest import error_lines, run
 from train.core.spec import FORMAT, VERSION
-
-COUNT = "24"  # real inputs per export: small, the machine is shared
-
-
-def export(spec: str, out: Path, *args: str):
-    proc = run("convert", "export", spec, "--out", str(out), "--count", COUNT, *args)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return out
 
 
 def validate(folder: Path, out: Path, *args: str):
     return run("validate", str(folder), "--output", str(out), "--quick", *args)
-
-
-@pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory) -> Path:
-    """tests.byom_models:tiny_cnn (PyTorch, logits, INT8/FP16 variants) exported once."""
-    return export("tests.byom_models:tiny_cnn", tmp_path_factory.mktemp("byom") / "tiny")
 
 
 # -- fast: a folder written by hand -----------------------------------------------------------
@@ -118,8 +105,8 @@ def test_runtime_failure_names_the_operator(tmp_path):
 
 # -- slow: exported by `python -m convert export` ---------------------------------------------
 @pytest.mark.slow
-def test_healthy_tiny_cnn_passes_everywhere(tiny_export, tmp_path):
-    proc = validate(tiny_export, tmp_path / "out")
+def test_healthy_tiny_cnn_passes_everywhere(tiny_cnn_export, tmp_path):
+    proc = validate(tiny_cnn_export, tmp_path / "out")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     m = report["models"]["tiny"]
@@ -141,11 +128,11 @@ def test_healthy_tiny_cnn_passes_everywhere(tiny_export, tmp_path):
 
 
 @pytest.mark.slow
-def test_planted_fault_is_named_at_its_module(tiny_export, tmp_path):
+def test_planted_fault_is_named_at_its_module(tiny_cnn_export, tmp_path):
     """One weight of module `4` (the second convolution) changed after export: parity fails
     and the layer diagnosis names `4`."""
     folder = tmp_path / "fault"
-    shutil.copytree(tiny_export, folder)
+    shutil.copytree(tiny_cnn_export, folder)
     for variant in folder.glob("model.*.onnx"):
         variant.unlink()
     model = onnx.load(str(folder / "model.onnx"))
@@ -162,21 +149,9 @@ def test_planted_fault_is_named_at_its_module(tiny_export, tmp_path):
     assert m["layers"]["first_divergence"] == "4"
 
 
-@pytest.mark.slow
-def test_two_inputs_two_outputs(tmp_path):
+def test_two_inputs_two_outputs(two_heads_export, tmp_path):
     """An image and int64 token ids in, logits and an embedding out: every output judged."""
-    from train import data
-
-    images, labels = data.load_test(DATA_DIR)
-    tokens = np.random.default_rng(0).integers(0, 50, (24, 6)).astype(np.int64)
-    np.savez(tmp_path / "in.npz", image=data.to_float(images[:24]), tokens=tokens,
-             labels=labels[:24].astype(np.int64))
-    (tmp_path / "two.toml").write_text(
-        'factory = "tests.byom_models:two_heads"\n'
-        '[[inputs]]\nname = "image"\nshape = ["batch", 1, 28, 28]\n'
-        '[[inputs]]\nname = "tokens"\ndtype = "int64"\nshape = ["batch", 6]\nlayout = "none"\n'
-        f'[data]\nsource = "{tmp_path / "in.npz"}"\n')
-    folder = export(str(tmp_path / "two.toml"), tmp_path / "two")
+    folder = two_heads_export
     proc = validate(folder, tmp_path / "out", "--runtimes", "cpu,reference,openvino,tract",
                     "--layers")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
