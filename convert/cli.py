@@ -187,9 +187,9 @@ def set_threads(framework: str, threads: int) -> None:
 
 
 def _twins(args: argparse.Namespace) -> int:
-    from validate.compare.conversion import frameworks_present
+    from convert.twins.common import check_inputs
 
-    frameworks_present(args.artifacts)  # no exported model: the one line before the import
+    check_inputs(args.artifacts, args.framework)
     _framework(args.framework)
     if args.framework == "torch":
         from convert.twins import to_torch as side

@@ -69,6 +69,15 @@ def pending(artifacts: Path, side: str) -> tuple[list[str], list[str]]:
     return twins, trips
 
 
+def check_inputs(artifacts: Path, side: str) -> None:
+    """What SIDE's process reads, checked before its framework is imported (the one-line error
+    in a fraction of a second): an exported model, and the weights.npz of every model whose
+    twin it is to build."""
+    twins, _ = pending(artifacts, side)
+    for fw in twins:
+        cw.load(artifacts / fw / cw.FILE)
+
+
 def up_to_date_line(artifacts: Path, side: str, twins: list[str], trips: list[str]) -> str:
     """The line that says which of SIDE's conversions are kept as they are ("" if none)."""
     present = frameworks_present(artifacts)
