@@ -47,6 +47,18 @@ def test_factory_module_missing(tmp_path):
              "no module named 'no_such_pkg'")
 
 
+def test_a_folder_that_is_not_an_earlier_export_is_never_replaced(tmp_path):
+    """--out naming a folder of other files (a user's folder, LeNet-5's artifacts/torch):
+    refused before anything runs, every file kept."""
+    for name in ("notes", "torch"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / ("notes.txt" if name == "notes" else "model.pt")).write_text("keep")
+        one_line(export("tests.byom_models:tiny_cnn", "--out", str(folder)), str(folder),
+                 "not a model export", "name another --out")
+        assert [p.read_text() for p in folder.iterdir()] == ["keep"]
+
+
 def test_bad_toml_on_the_command_line(tmp_path):
     spec = tmp_path / "spec.toml"
     spec.write_text("factory = [")

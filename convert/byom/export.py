@@ -24,6 +24,7 @@ from train.core import contract
 from train.core.errors import ToolkitError, first_line
 from train.core.fileio import ensure_writable, sha256_file
 from train.core.spec import BATCH, ModelSpec, write_spec_json
+from validate.model.folder import MODEL, SPEC_FILE, is_spec_folder
 
 DIAGNOSIS_INPUTS = 8     # inputs whose layer outputs are recorded (layers.npz)
 REFERENCE_BATCH = 32     # inputs per native call while writing reference.npz
@@ -176,6 +177,10 @@ def export_model(spec: ModelSpec, out: Path | None = None, data_dir: str | None 
     final = Path(out) if out is not None else Path("artifacts") / spec.name
     if final.exists() and not final.is_dir():
         raise ToolkitError(f"{final}: exists and is not a folder")
+    if final.is_dir() and any(final.iterdir()) and not is_spec_folder(final):
+        # An export replaces its folder whole: never a folder of something else.
+        raise ToolkitError(f"{final}: holds files that are not a model export (no {SPEC_FILE} "
+                           f"beside {MODEL}); the export would replace them: name another --out")
     factory.resolve(spec)  # a factory that does not exist: its one line comes first
     with clock.step("build", f"building {spec.factory} (seed {spec.seed})"):
         framework, model = factory.build(spec, threads)
@@ -189,6 +194,7 @@ def export_model(spec: ModelSpec, out: Path | None = None, data_dir: str | None 
     # Written beside the target and moved into place whole: a failure half-way (an exporter
     # that cannot convert an op, a full disk, Ctrl-C) leaves the folder as it was.
     folder = final.parent / f".{final.name}.partial-{os.getpid()}"
+    ensure_writable(final.parent)  # an unwritable place: the one line names it, not `folder`
     try:
         ensure_writable(folder)
         doc = _write_export(spec, side, signature, data, folder, clock)
