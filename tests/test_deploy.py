@@ -94,6 +94,28 @@ def test_a_model_that_is_not_lenet(tmp_path):
         assert set(outputs) == {"y", "z"} and all(o["passed"] for o in outputs.values())
 
 
+def test_a_reader_that_stops_reading_stops_the_validator_quietly(tmp_path):
+    """`python -m validate MODEL.onnx | head -1`: stdout closed early is SIGPIPE's status (141),
+    no traceback, as the shell's own tools do."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import DATA_DIR, ROOT
+
+    path = _tiny_model(tmp_path / "good")
+    env = {**os.environ, "FASHION_MNIST_DIR": str(DATA_DIR), "LENET5_NO_BOOTSTRAP": "1"}
+    proc = subprocess.run(f"{sys.executable} -m validate {path} --runtimes cpu,reference "
+                          "--no-latency | head -1", shell=True, cwd=ROOT, env=env,
+                          capture_output=True, text=True, executable="/bin/bash")
+    assert proc.stdout.startswith("[validate] tiny: "), proc.stdout
+    assert proc.stderr == "", proc.stderr
+    status = subprocess.run(f"set -o pipefail; {sys.executable} -m validate {path} --runtimes "
+                            "cpu,reference --no-latency | head -1 >/dev/null", shell=True,
+                            cwd=ROOT, env=env, executable="/bin/bash", capture_output=True)
+    assert status.returncode == 141 and status.stderr == b"", status.stderr[-2000:]
+
+
 def test_a_wrong_stored_output_is_exit_1_naming_the_output(tmp_path):
     path = _tiny_model(tmp_path / "bad", y_offset=0.5)
     proc = run("validate", str(path), "--runtimes", "cpu,reference")

@@ -66,7 +66,7 @@ def cli_call(fn: Callable[[], int]) -> int:
     """Run a CLI body: a user error is one line and its status (2); a bug shows its traceback
     and exits 3, so that it is never mistaken for a parity failure (1); Ctrl-C and SIGTERM
     stop it with one line and the shell's status for the signal (130, 143) after cleaning
-    up."""
+    up; a closed stdout (`| head`) stops it without a word (141)."""
     if not os.environ.get(STAGE_ENV):  # a stage of `convert all` dies as the pipeline says
         with contextlib.suppress(ValueError):  # ValueError: not the main thread
             signal.signal(signal.SIGTERM, _terminate)
@@ -81,6 +81,12 @@ def cli_call(fn: Callable[[], int]) -> int:
     except Terminated:
         _stopped("terminated (SIGTERM)")
         return 128 + signal.SIGTERM
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): stop quietly with SIGPIPE's status, as
+        # the shell's own tools do; stdout to /dev/null, so that the exit flush cannot fail.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except OSError as exc:
         if exc.filename is None:  # not about a file the user named: a bug, keep the traceback
             traceback.print_exc()
