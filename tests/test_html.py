@@ -196,3 +196,15 @@ def test_cli_writes_html_and_png(quick_artifacts, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "report.html").is_file()
     assert (tmp_path / "parity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_json_file_that_is_not_a_report_is_refused(tmp_path):
+    """Any other JSON (a history.json, `{}`, a list): one line, exit 2, no page written."""
+    for text in ('{"epochs": [], "threads": 1}', "{}", "[1, 2]"):
+        path = tmp_path / "other.json"
+        path.write_text(text)
+        proc = run("validate.html", str(path))
+        assert proc.returncode == 2, proc.stderr
+        assert error_lines(proc) == [f"error: {path}: not a report of `python -m validate` "
+                                     "(no schema_version and models)"]
+        assert not (tmp_path / "report.html").exists()

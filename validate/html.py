@@ -23,11 +23,16 @@ from validate.report.page import write_html
 def _load(path: Path) -> dict:
     file = path / "report.json" if path.is_dir() else path
     try:
-        return json.loads(file.read_text(encoding="utf-8"))
+        report = json.loads(file.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ArtifactError(f"{file}: cannot read it ({exc.strerror or exc})") from None
     except ValueError as exc:
         raise ArtifactError(f"{file}: not JSON ({exc})") from None
+    if not (isinstance(report, dict) and "schema_version" in report
+            and isinstance(report.get("models"), dict)):
+        raise ArtifactError(f"{file}: not a report of `python -m validate` (no schema_version "
+                            "and models)")
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
