@@ -57,6 +57,17 @@ def test_validate_a_missing_file(tmp_path):
               "no such file")
 
 
+def test_validate_both_models_with_a_bad_data_folder(tmp_path):
+    """The test images are found once for the folder: one line, not one per model."""
+    for fw in FRAMEWORKS:
+        (tmp_path / "a" / fw).mkdir(parents=True)
+        (tmp_path / "a" / fw / "lenet5.onnx").write_bytes(b"")
+    bad = tmp_path / "data.txt"
+    bad.write_text("not a folder")
+    _one_line(run("validate", str(tmp_path / "a"), "--data-dir", str(bad)), str(bad),
+              "not a folder")
+
+
 def test_convert_all_with_a_bad_data_folder(tmp_path):
     bad = tmp_path / "data"
     bad.write_text("x")
