@@ -121,10 +121,12 @@ def add_validate_args(p: argparse.ArgumentParser, positional: bool) -> None:
         p.add_argument("--output", type=Path, default=None,
                        help="folder for report.json / report.md (default: the artifacts "
                             "folder; for one .onnx file, none unless given)")
+    from validate.runners import runner_keys
+
     p.add_argument("--runtimes", type=runtimes_arg, default=None,
                    help="'all' (default: every runtime; those that cannot run here are "
-                        "reported unavailable) or a list of cpu,cuda,reference,node,wasm,"
-                        "browser (a runtime named here must be available)")
+                        f"reported unavailable) or a list of {','.join(runner_keys())} (a "
+                        "runtime named here must be available)")
     p.add_argument("--no-latency", dest="latency", action="store_false",
                    help="skip latency measurements")
     p.add_argument("--latency-rounds", type=rounds_arg, default=None, metavar="N",
