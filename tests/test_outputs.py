@@ -117,6 +117,11 @@ def test_an_output_path_that_is_a_file(quick_artifacts, tmp_path):
     proc = run("validate", str(quick_artifacts), "--quick", *FAST, "--output", str(a_file))
     assert proc.returncode == 2
     assert error_lines(proc) == [f"error: {a_file}: cannot write report.json there: not a folder"]
+    assert "[validate]" not in proc.stdout  # said before the validation, not after it
+    proc = run("validate", str(quick_artifacts), "--quick", *FAST, "--summary",
+               str(a_file / "summary.md"))
+    assert proc.returncode == 2 and "[validate]" not in proc.stdout
+    assert error_lines(proc) == [f"error: {a_file}: cannot write summary.md there: not a folder"]
     proc = run("convert", "all", "--quick", "--artifacts", str(a_file))
     assert proc.returncode == 2
     assert error_lines(proc) == [f"error: {a_file}: not a folder"]

@@ -16,7 +16,7 @@ import onnxruntime as ort
 
 from train import data
 from train.core.errors import ArtifactError, ToolkitError
-from train.core.fileio import append_text
+from train.core.fileio import append_text, ensure_can_write
 from train.core.lock import shared_lock
 from validate import sandbox, worker
 from validate.model import report as model_report
@@ -162,5 +162,9 @@ def validate_command(target: Path, frameworks: tuple[str, ...], opts: Options, l
     """`python -m validate` and `python -m convert validate`: the reports go into OUTPUT, else
     the artifacts folder (for one .onnx file: nowhere); the folder is held shared meanwhile."""
     output = output or (None if target.suffix == ".onnx" or target.is_file() else target)
+    plan(target, frameworks)  # a target that is not there: its own line, nothing created
+    for path in ([output / "report.json"] if output is not None else []) + (
+            [summary] if summary is not None else []):
+        ensure_can_write(path)  # an unwritable place is said before the validation, not after
     with shared_lock(target, "validation"):  # an artifacts folder; nothing for one file
         return validate_and_report(target, frameworks, opts, lim, output, summary)[0]

@@ -76,6 +76,15 @@ def ensure_writable(folder: Path) -> None:
     os.unlink(tmp)
 
 
+def ensure_can_write(path: Path) -> None:
+    """Create PATH's folder and check that PATH could be written there, before long work (a
+    validation) that would otherwise end on it; the error names PATH as the write would."""
+    path = Path(path)
+    fd, tmp = _mkstemp(path, f".{path.name}.", ".check")
+    os.close(fd)
+    os.unlink(tmp)
+
+
 @contextlib.contextmanager
 def _publishing(tmp: str, path: Path) -> Iterator[None]:
     """Around the writing of TMP for PATH: a disk or folder error becomes one line naming
