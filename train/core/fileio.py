@@ -68,21 +68,19 @@ def _mkstemp(path: Path, prefix: str, suffix: str) -> tuple[int, str]:
         raise output_error(path, exc) from None
 
 
-def ensure_writable(folder: Path) -> None:
-    """Create `folder` and check that a file can be written there, before long work (a
-    training) that would otherwise end on an unwritable output."""
-    fd, tmp = _mkstemp(Path(folder) / ".write-check", ".write-check.", ".tmp")
-    os.close(fd)
-    os.unlink(tmp)
-
-
 def ensure_can_write(path: Path) -> None:
     """Create PATH's folder and check that PATH could be written there, before long work (a
-    validation) that would otherwise end on it; the error names PATH as the write would."""
+    training, a validation) that would otherwise end on it; the error names PATH as the write
+    would."""
     path = Path(path)
-    fd, tmp = _mkstemp(path, f".{path.name}.", ".check")
+    fd, tmp = _mkstemp(path, f".{path.name}.", ".tmp")
     os.close(fd)
     os.unlink(tmp)
+
+
+def ensure_writable(folder: Path) -> None:
+    """Create `folder` and check that a file can be written there (ensure_can_write)."""
+    ensure_can_write(Path(folder) / ".write-check")
 
 
 @contextlib.contextmanager
