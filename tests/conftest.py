@@ -1,7 +1,8 @@
-"""Shared fixtures: the real dataset, CLI runners, and one quick pipeline run per session;
-and the tiers: a test that uses the quick pipeline's artifacts is marked `pipeline`, one that
-trains or runs a pipeline of its own is marked `slow` by its module, and every other test is
-`fast` (`python -m convert test --fast` runs those: no training, no pipeline).
+"""Shared fixtures: the real dataset, CLI runners, and what several tests read, made once per
+run (the quick pipeline, two small model exports); and the tiers: a test that uses the quick
+pipeline's artifacts is marked `pipeline`, one that reads a shared export is marked `slow`
+here, one that trains or runs a pipeline of its own is marked `slow` by its module, and every
+other test is `fast` (`python -m convert test --fast` runs those: no training, no pipeline).
 
 The test process itself imports neither torch nor tensorflow: every framework runs in a
 subprocess, as in the toolkit (importing torchvision after TensorFlow has run segfaults).
